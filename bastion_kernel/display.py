@@ -1,0 +1,95 @@
+"""Turn session values into Jupyter display bundles (text/plain + text/html).
+
+Why here: only released data, schemas and messages ever reach this module;
+it formats, it never decides. Masked cells are styled so a reader sees at a
+glance that '*' is the policy at work, not the data.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import polars as pl
+
+from .plan import Expr, Frame
+from .release import Released, ReviewPending
+from .session import Message
+
+_CSS = (
+    "<style>.bastion-table{border-collapse:collapse;font-size:12px}"
+    ".bastion-table th,.bastion-table td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+    ".bastion-table th{background:#f4f4f4}.bastion-masked{color:#999;background:#f7f7f7;text-align:center}"
+    ".bastion-note{color:#8a6d3b;font-size:12px;margin:4px 0}.bastion-shape{color:#666;font-size:11px}</style>"
+)
+MAX_HTML_ROWS = 200
+
+
+def bundle(value: Any) -> dict[str, str] | None:
+    """The mime bundle for a cell's final value; None shows nothing."""
+    if value is None:
+        return None
+    if isinstance(value, Released):
+        return _released(value)
+    if isinstance(value, ReviewPending):
+        text = (f"Review requested: {value.request_id}\nWhy: {value.reason}\n"
+                f"The owner decides; then fetch(\"{value.request_id}\") shows the result. requests() lists yours.")
+        return {"text/plain": text,
+                "text/html": f"<div class='bastion-note'><b>Review requested</b>: <code>{value.request_id}</code><br>"
+                             f"Why: {html.escape(value.reason)}<br>When the owner approves, "
+                             f"<code>fetch(\"{value.request_id}\")</code> shows it.</div>"}
+    if isinstance(value, Frame):
+        return _frame(value)
+    if isinstance(value, pl.DataFrame):
+        return _released(Released(value))
+    if isinstance(value, Message):
+        return {"text/plain": value.text}
+    if isinstance(value, Expr):
+        return {"text/plain": f"<expression {_short(repr(value))}>"}
+    if isinstance(value, pl.Schema):
+        return {"text/plain": "Schema(" + ", ".join(f"{n}: {t}" for n, t in value.items()) + ")"}
+    return {"text/plain": _short(repr(value), 2000)}
+
+
+def _short(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _frame(frame: Frame) -> dict[str, str]:
+    cols = ", ".join(f"{n}: {i.dtype}{' (masked)' if i.masked else ''}" for n, i in frame.columns.items())
+    text = (f"LazyFrame [{frame.describe_lineage()}] with {len(frame.columns)} columns: {cols}\n"
+            "No data is shown until you call .collect().")
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(n)}</td><td style='text-align:left'>{html.escape(str(i.dtype))}</td>"
+        f"<td>{'masked' if i.masked else ''}</td></tr>"
+        for n, i in frame.columns.items()
+    )
+    page = (f"{_CSS}<div class='bastion-shape'>LazyFrame: {html.escape(frame.describe_lineage())}; "
+            f"call <code>.collect()</code> to ask for a release</div>"
+            f"<table class='bastion-table'><tr><th>column</th><th>type</th><th></th></tr>{rows}</table>")
+    return {"text/plain": text, "text/html": page}
+
+
+def _released(r: Released) -> dict[str, str]:
+    df = r.df
+    with pl.Config(tbl_rows=40, tbl_cols=30, fmt_str_lengths=60):
+        text = str(df)
+    notes = list(r.notes)
+    if notes:
+        text += "\n" + "\n".join(f"Note: {n}" for n in notes)
+    masked = set(r.masked)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = []
+    for row in df.head(MAX_HTML_ROWS).iter_rows():
+        cells = []
+        for c, v in zip(df.columns, row):
+            if c in masked or v == "*" and c in masked:
+                cells.append("<td class='bastion-masked'>*</td>")
+            else:
+                cells.append(f"<td>{'' if v is None else html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<div class='bastion-shape'>showing {MAX_HTML_ROWS} of {df.height} rows</div>" if df.height > MAX_HTML_ROWS else ""
+    note_html = "".join(f"<div class='bastion-note'>{html.escape(n)}</div>" for n in notes)
+    page = (f"{_CSS}<div class='bastion-shape'>shape: {df.height} × {df.width}</div>"
+            f"<table class='bastion-table'><tr>{head}</tr>{''.join(body)}</table>{more}{note_html}")
+    return {"text/plain": text, "text/html": page}

@@ -1,0 +1,164 @@
+"""Decide and carry out a release: run the query, withhold, mask, or ask for review.
+
+Why one function: this is the only place a query runs on the owner's data,
+so it is also the only place that can hand data to the display. What it
+returns is either `Released` (already thresholded and masked), or
+`ReviewPending` (the exact snapshot stored for the owner); a reject is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from .config import Limits
+from .errors import ExecutionError, LimitError, PolicyError
+from .plan import OK_COLUMN, SUPPRESSED_COLUMN, Frame, Violation
+
+
+@dataclass(frozen=True)
+class Released:
+    """Data the policy let through; safe to display and to compute on."""
+
+    df: pl.DataFrame
+    withheld_groups: int = 0
+    suppressed_cells: int = 0
+    notes: tuple[str, ...] = ()
+    masked: tuple[str, ...] = ()
+    source: str = "auto"  # "auto" | "review"
+    request_id: str | None = None
+
+    def digest(self) -> str:
+        return digest(self.df)
+
+
+@dataclass(frozen=True)
+class ReviewPending:
+    """A review request waiting for the owner."""
+
+    request_id: str
+    reason: str
+    dataset: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided for a frame, before anything runs."""
+
+    auto: bool
+    reasons: tuple[Violation, ...] = field(default_factory=tuple)
+    on_violation: str = "review"
+
+    def text(self) -> str:
+        return "; ".join(v.message for v in self.reasons)
+
+
+def digest(df: pl.DataFrame) -> str:
+    buf = io.BytesIO()
+    df.write_ipc(buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def decide(frame: Frame) -> Decision:
+    """Rule 1-4: auto-release only aggregated frames without violations."""
+    reasons = list(frame.violations)
+    if frame.row_level:
+        ds = ", ".join(sorted({u.dataset for u in frame.units}))
+        reasons.insert(0, Violation(
+            "row-level", ds,
+            f"the result holds individual rows of {ds}",
+            "aggregate it: .group_by(...).agg(pl.len(), pl.col(...).mean())",
+        ))
+    strict = "reject" if any(_on_violation(frame, d) == "reject" for d in frame.datasets) else "review"
+    return Decision(auto=not reasons, reasons=tuple(reasons), on_violation=strict)
+
+
+def _on_violation(frame: Frame, dataset: str) -> str:
+    from .plan import Step
+
+    stack: list[Frame] = [frame]
+    while stack:
+        f = stack.pop()
+        for u in f.units:
+            if u.dataset == dataset:
+                return u.on_violation
+        stack += list(f.step.inputs)
+    return "review"
+
+
+def run(lf: pl.LazyFrame) -> pl.DataFrame:
+    """Collect, turning any polars failure into an error that quotes no data."""
+    try:
+        return lf.collect()
+    except KeyboardInterrupt:
+        raise ExecutionError("the query was interrupted", hint="your variables are kept") from None
+    except MemoryError:
+        raise ExecutionError("the query ran out of memory", hint="aggregate earlier or select fewer columns") from None
+    except Exception as exc:  # noqa: BLE001 - polars messages may quote values; never show them
+        raise ExecutionError(
+            f"the query failed while running ({type(exc).__name__}); details are withheld because they can quote data",
+            hint="check types with .schema; casts to a type that cannot hold a value give null",
+        ) from None
+
+
+def visible(frame: Frame) -> pl.LazyFrame:
+    """Only visible columns, masked ones replaced by '*' inside the query (never read)."""
+    exprs = [
+        pl.lit("*", dtype=pl.String).alias(n) if info.masked else pl.col(n)
+        for n, info in frame.columns.items()
+    ]
+    return frame.lf.select(exprs)
+
+
+def release_aggregate(frame: Frame, limits: Limits) -> Released:
+    lf = frame.lf
+    withheld = suppressed = 0
+    if frame.pending:
+        df = run(lf)
+        ok = df.get_column(OK_COLUMN)
+        withheld = int((~ok).sum())
+        suppressed = int(df.filter(ok).get_column(SUPPRESSED_COLUMN).sum() or 0)
+        df = df.filter(ok).drop([OK_COLUMN, SUPPRESSED_COLUMN])
+        df = df.select([pl.lit("*").alias(n) if i.masked else pl.col(n) for n, i in frame.columns.items()])
+    else:
+        df = run(visible(frame).head(limits.max_release_rows + 1))
+    if df.height > limits.max_release_rows:
+        raise LimitError(
+            f"the result has more than {limits.max_release_rows} rows (limit max_release_rows)",
+            hint="group more coarsely, or .head(n) the aggregated result",
+        )
+    notes = []
+    if withheld:
+        notes.append(f"{withheld} group(s) with fewer than the minimum number of individuals were withheld")
+    if suppressed:
+        notes.append(f"{suppressed} value(s) were suppressed (shown as null): a condition inside the aggregate "
+                     "left too few individuals on one side")
+    return Released(df, withheld, suppressed, tuple(notes), tuple(frame.masked_columns()))
+
+
+def snapshot(frame: Frame, limits: Limits) -> pl.DataFrame:
+    """The exact table a reviewer would release: visible columns, masked as '*', capped."""
+    from .frames import materialize
+
+    frame = materialize(frame)
+    df = run(visible(frame).head(limits.max_release_rows + 1))
+    if df.height > limits.max_release_rows:
+        raise LimitError(
+            f"the result has more than {limits.max_release_rows} rows, too many to review (limit max_release_rows)",
+            hint="narrow it with .filter(...) or .head(n), or aggregate it",
+        )
+    return df
+
+
+def refusal(decision: Decision) -> PolicyError:
+    first = decision.reasons[0]
+    others = "" if len(decision.reasons) == 1 else f" (and {len(decision.reasons) - 1} more reason(s))"
+    return PolicyError(
+        f"rule {first.rule} on {first.dataset}: {first.message}{others}; this deployment rejects such results",
+        rule=first.rule,
+        dataset=first.dataset,
+        hint=first.hint,
+    )
