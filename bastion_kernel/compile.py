@@ -44,6 +44,12 @@ _DTYPES: dict[str, Any] = {
 }
 
 
+# Polars methods whose argument is `*args` only: passing it by keyword would not
+# fail but change meaning (`Expr.filter(predicate=x)` is the constraint
+# `pl.col("predicate") == x`), so these table parameters go positionally.
+_POSITIONAL: dict[str, tuple[str, ...]] = {"filter": ("predicate",), "and_": ("other",), "or_": ("other",)}
+
+
 def dtype(d: DType) -> Any:
     base = _DTYPES[d.name]
     return base(**dict(d.params)) if d.params else base
@@ -86,9 +92,11 @@ def expr(e: Expr) -> pl.Expr:
         if "." in e.fn:
             target = getattr(target, e.fn.split(".", 1)[0])  # namespace name from NAMESPACES keys
         method = getattr(target, spec.target)
-        kwargs = {k: arg(v) for k, v in e.kwargs}
+        positional = _POSITIONAL.get(e.fn, ())
+        kwargs = {k: arg(v) for k, v in e.kwargs if k not in positional}
         kwargs.update(dict(spec.fixed))
-        return method(*[arg(a) for a in e.args], **kwargs)
+        args = [arg(a) for a in e.args] + [arg(v) for k, v in e.kwargs if k in positional]
+        return method(*args, **kwargs)
     if isinstance(e, Wild):  # pragma: no cover - the interpreter expands these first
         raise AssertionError("wildcard reached the compiler unexpanded")
     raise AssertionError(f"unknown expression node {type(e).__name__}")

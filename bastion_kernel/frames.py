@@ -67,6 +67,14 @@ def _scrub(message: str) -> str:
 def _finish(frame: Frame, ctx: Ctx) -> Frame:
     """Check the invariant: polars' columns are exactly visible + hidden, in order."""
     names = _schema(frame.lf, ctx.position).names()
+    if any(is_reserved(n) for n in frame.columns):
+        # A visible column under the reserved prefix would pass the order check
+        # below whenever it does not collide with a bookkeeping column *yet*.
+        raise PlanError(
+            f"column names starting with {RESERVED_PREFIX!r} are reserved",
+            hint="choose another name",
+            position=ctx.position,
+        )
     expected = list(frame.columns) + frame.hidden
     if names != expected:
         bad = [n for n in names if is_reserved(n) and n not in frame.hidden]

@@ -106,11 +106,10 @@ def run(lf: pl.LazyFrame) -> pl.DataFrame:
 
 def visible(frame: Frame) -> pl.LazyFrame:
     """Only visible columns, masked ones replaced by '*' inside the query (never read)."""
-    exprs = [
-        pl.lit("*", dtype=pl.String).alias(n) if info.masked else pl.col(n)
-        for n, info in frame.columns.items()
-    ]
-    return frame.lf.select(exprs)
+    stars = [pl.lit("*", dtype=pl.String).alias(n) for n, info in frame.columns.items() if info.masked]
+    # with_columns, not select: a select of literals only would collapse to one row.
+    lf = frame.lf.with_columns(stars) if stars else frame.lf
+    return lf.select(list(frame.columns))
 
 
 def release_aggregate(frame: Frame, limits: Limits) -> Released:

@@ -69,6 +69,55 @@ def level(node: Expr) -> str:
     return "row" if any(level(c) == "row" for c in children) else "scalar"
 
 
+# Methods that change how many rows an expression has, or their order. The unit
+# checks evaluate supports and conditions row by row next to the unit id column,
+# so inside those checks each is replaced by a row-aligned equivalent.
+REORDERING = frozenset({
+    "drop_nulls", "drop_nans", "unique", "head", "tail", "slice", "sort", "sort_by", "reverse", "top_k",
+    "bottom_k", "mode", "implode", "value_counts",
+})
+
+
+def aligned(node: Expr) -> Expr:
+    """`node` rewritten to keep one value per input row, in the input's order.
+
+    `x.filter(c)` becomes `when(c).then(x)` (null where dropped), and methods in
+    `REORDERING` become their receiver, so `x.filter(c).sum()` is checked over
+    the individuals where `c` holds and `x` is not null instead of failing on a
+    length mismatch with the unit column.
+    """
+    if isinstance(node, Call) and node.fn == "filter":
+        pred = dict(node.kwargs).get("predicate", node.args[0] if node.args else None)
+        if isinstance(pred, Expr):
+            return When(((aligned(pred), aligned(node.recv)),))
+    if isinstance(node, Call) and node.fn in REORDERING:
+        return aligned(node.recv)
+    if isinstance(node, Call):
+        return Call(node.fn, aligned(node.recv), tuple(_aligned_arg(a) for a in node.args),
+                    tuple((k, _aligned_arg(v)) for k, v in node.kwargs))
+    if isinstance(node, BinOp):
+        return BinOp(node.op, aligned(node.left), aligned(node.right))
+    if isinstance(node, UnOp):
+        return UnOp(node.op, aligned(node.operand))
+    if isinstance(node, When):
+        other = aligned(node.otherwise) if node.otherwise is not None else None
+        return When(tuple((aligned(c), aligned(v)) for c, v in node.branches), other)
+    if isinstance(node, Func):
+        return Func(node.fn, tuple(_aligned_arg(a) for a in node.args),
+                    tuple((k, _aligned_arg(v)) for k, v in node.kwargs))
+    return node
+
+
+def _aligned_arg(value: object) -> object:
+    if isinstance(value, Expr):
+        return aligned(value)
+    if isinstance(value, tuple):
+        return tuple(_aligned_arg(v) for v in value)
+    if isinstance(value, list):
+        return [_aligned_arg(v) for v in value]
+    return value
+
+
 def referenced(node: Expr) -> set[str]:
     return {n.name for n in walk(node) if isinstance(n, Col)}
 
@@ -117,21 +166,21 @@ def analyse_agg(node: Expr, columns: dict[str, ColumnInfo]) -> AggFacts:
             elif kind == "shape" and name not in ("sort", "sort_by"):
                 facts.shape.append(name)
             if name in NULL_SKIPPING and not isinstance(n.recv, (Lit, Len)):
-                facts.supports.append(n.recv)
+                facts.supports.append(aligned(n.recv))
             if name == "null_count":
-                check = Call("is_null", n.recv)
+                check = Call("is_null", aligned(n.recv))
                 if isinstance(n.recv, Col) and not columns[n.recv.name].preds:
                     facts.natural_null_checks.append(check)
                 else:
                     facts.predicates.append(check)
         if is_predicate(n) and n not in seen:
             seen.add(n)
-            facts.predicates.append(n)
+            facts.predicates.append(aligned(n))
         if isinstance(n, When):
             for cond, _ in n.branches:
                 if cond not in seen and any(isinstance(x, Col) for x in walk(cond)):
                     seen.add(cond)
-                    facts.predicates.append(cond)
+                    facts.predicates.append(aligned(cond))
         if isinstance(n, Col):
             facts.lineage_preds |= columns[n.name].preds
     return facts
