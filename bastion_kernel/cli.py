@@ -309,6 +309,8 @@ def lab_argv(*, root_dir: Path, port: int | None, no_browser: bool) -> list[str]
         argv.append("--no-browser")
     argv.append("--MappingKernelManager.default_kernel_name=bastion")
     argv.append(f"--ServerApp.root_dir={root_dir}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and Binder-like hosts run as root
+        argv.append("--allow-root")
     return argv
 
 

@@ -129,8 +129,15 @@ def _violations(frame: Frame, found: list[tuple[str, str, str]]) -> tuple[Violat
     return frame.violations + tuple(v for v in extra if v not in frame.violations)
 
 
+_TEMPORAL = ("Date", "Datetime", "Time", "Duration")
+
+
 def check_columns(node: Expr, frame: Frame, ctx: Ctx) -> None:
-    """Every column reference must name a visible column."""
+    """Every column reference must name a visible column; casts polars cannot do are refused now.
+
+    A cast polars does not support fails only when a row reaches it, so letting
+    it run would make "error or not" an oracle on whichever rows a condition kept.
+    """
     from .grammar import suggest
 
     for n in walk(node):
@@ -140,6 +147,17 @@ def check_columns(node: Expr, frame: Frame, ctx: Ctx) -> None:
                 hint=suggest(n.name, list(frame.columns)) or f"columns: {', '.join(frame.columns)}",
                 position=ctx.position,
             )
+    for n in walk(node):
+        if isinstance(n, Call) and n.fn == "cast":
+            target = dict(n.kwargs).get("dtype")
+            if getattr(target, "name", None) in _TEMPORAL:
+                src = _schema(frame.lf.select(C.expr(n.recv)), ctx.position).dtypes()[0]
+                if src == pl.String:
+                    raise PlanError(
+                        f"text cannot be cast to {target.name}",
+                        hint="parse it with .str.to_date(format) or .str.to_datetime(format)",
+                        position=ctx.position,
+                    )
 
 
 def _out_names(frame: Frame, exprs: list[Expr], ctx: Ctx) -> list[tuple[str, Any]]:

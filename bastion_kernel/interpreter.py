@@ -22,6 +22,8 @@ from .grammar.allowlists import (
     DTYPES, EXPR_METHODS, FRAME_AGG_VERBS, FRAME_PROPERTIES, FRAME_VERBS, GROUPBY_VERBS, HORIZONTAL, NAMESPACES,
     PL_FUNCTIONS, PL_SHORTHAND_AGGS, RELEASED_METHODS, RELEASED_PROPERTIES, SESSION_FUNCTIONS, MethodSpec, Param,
 )
+import polars as pl
+
 from .plan import BinOp, Call, Col, DType, Expr, Frame, Func, Len, Lit, UnOp, When, Wild
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -534,9 +536,21 @@ def _call_expr(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, Any
     params = it.bind(spec.params, args, kwargs, f".{b.name.split('.')[-1]}()")
     # Every argument is passed by its polars keyword name: the table's names match polars'.
     keywords = tuple((p.name, _freeze(params[p.name])) for p in spec.params if p.name in params)
+    if b.name.startswith("str.") and "pattern" in params and not params.get("literal"):
+        _check_regex(params["pattern"], it)
     if spec.name == "replace" and "new" not in params and not isinstance(params.get("old"), dict):
         raise PlanError(".replace() takes old and new values, or a dict old -> new", position=it.at(node))
     return Call(b.name, b.recv, (), keywords)
+
+
+def _check_regex(pattern: str, it: Interpreter) -> None:
+    """Polars compiles a regex only when rows reach it; an invalid one must fail now, for every row set."""
+    try:
+        pl.select(pl.lit("x").str.contains(pattern))
+    except Exception:  # noqa: BLE001 - any failure means polars rejects the pattern
+        raise PlanError(f"invalid regular expression {pattern!r}",
+                        hint="polars uses Rust regex syntax; pass literal=True to match text as is",
+                        position=it.position) from None
 
 
 def _freeze(value: Any) -> Any:
@@ -662,6 +676,8 @@ def _call_frame(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, An
     if name in FRAME_AGG_VERBS:
         it.bind((), args, kwargs, where)
         exprs = it.expand(Call(name, Wild("all")), frame, exclude_masked=True)
+        if name in ("sum", "mean", "std", "var", "median"):  # numbers only, as polars users expect
+            exprs = [e for e in exprs if _numeric(frame, e)]
         if not exprs:
             raise PlanError(f"{where}: no unmasked columns to summarise", position=it.at(node))
         return F.select(frame, exprs, it.ctx)
@@ -697,6 +713,12 @@ _TYPE_WORDS = {
     "bool": "True or False", "dtype": "a polars dtype such as pl.Int64", "lits": "a list of literal values",
     "scalar": "a literal value", "mapping": "a dict of names", "frame": "a frame",
 }
+
+
+def _numeric(frame: Frame, e: Expr) -> bool:
+    col = e.recv if isinstance(e, Call) else e
+    return isinstance(col, Col) and (frame.columns[col.name].dtype.is_numeric()
+                                     or frame.columns[col.name].dtype == pl.Boolean)
 
 
 def _kind(value: Any) -> str:

@@ -140,9 +140,11 @@ EXPR_METHODS |= _table("noauto", {
     "product": ("", "product of the values: needs owner review"),
     "skew": ("", "skewness: dominated by outliers, needs owner review"),
     "kurtosis": ("", "kurtosis: dominated by outliers, needs owner review"),
-    "get": ("index:int", "the value at a position: needs owner review"),
-    "item": ("", "the single value: needs owner review"),
 })
+# Runtime errors are an oracle (error or not, keyed on one person): `get` answers null
+# out of bounds, and `item` (which fails unless exactly one value) is not offered.
+EXPR_METHODS["get"] = MethodSpec("get", "noauto", _params("index:int"), "the value at a position: needs owner review",
+                                 fixed=(("null_on_oob", True),))
 EXPR_METHODS |= _table("list", {
     "implode": ("", "all values of the group as a list: needs owner review"),
     "value_counts": ("sort:bool?", "counts per value as a list of structs: use group_by instead"),
