@@ -360,8 +360,11 @@ GROUPS = {"review": "decide on held-back results", "audit": "inspect and verify 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree, built from `COMMANDS`."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help=f"deployment file (default: ${cfg.ENV_VAR})")
+    # SUPPRESS: a subcommand's absent --config must not overwrite one given before the subcommand.
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"deployment file (default: ${cfg.ENV_VAR})")
     parser = argparse.ArgumentParser(prog="bastion", description="Bastion: the data owner's tool.")
+    parser.add_argument("--config", metavar="PATH", default=None, help=f"deployment file (default: ${cfg.ENV_VAR})")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for key, (help_text, add_args, handler) in COMMANDS.items():
