@@ -178,7 +178,9 @@ def _info_for(e: Expr, frame: Frame, dtype: Any, new_preds: frozenset[str]) -> C
         base = base.recv
     if isinstance(base, Col):
         unit_of = frame.columns[base.name].unit_of
-    return ColumnInfo(dtype=dtype, masked=masked, unit_of=unit_of, preds=preds)
+    # products=0: a product kept in a column could be multiplied again later, one product per cell.
+    nonlinear = bool(rules.nonlinear_ops(e, frame.columns, products=0))
+    return ColumnInfo(dtype=dtype, masked=masked, unit_of=unit_of, preds=preds, nonlinear=nonlinear)
 
 
 def _materialize_preds(frame: Frame, exprs: list[Expr], ctx: Ctx) -> tuple[list[frozenset[str]], list[pl.Expr], list[str]]:
@@ -411,7 +413,9 @@ def _per_individual(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, 
     new_preds: list[str] = []
     pred_aggs: list[pl.Expr] = []
     infos_preds: list[frozenset[str]] = []
+    infos_nonlinear: list[bool] = []
     for a in aggs:
+        infos_nonlinear.append(bool(rules.nonlinear_ops(a, frame.columns, products=0)))
         facts = rules.analyse_agg(a, frame.columns)
         mine: set[str] = set()
         for p in facts.predicates:
@@ -434,7 +438,7 @@ def _per_individual(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, 
         if i < len(keys):
             columns[n] = _info_for(keys[i], frame, t, frozenset())
         else:
-            columns[n] = ColumnInfo(t, preds=infos_preds[i - len(keys)])
+            columns[n] = ColumnInfo(t, preds=infos_preds[i - len(keys)], nonlinear=infos_nonlinear[i - len(keys)])
     out = frame.evolve(
         step=Step("group_by", (frame,), (tuple(keys), tuple(aggs))), columns=columns, lf=lf,
         preds=tuple(new_preds), violations=violations,
@@ -460,7 +464,7 @@ def join(left: Frame, right: Frame, ctx: Ctx, *, on: list[Expr] | None, left_on:
     r_units = tuple(Unit(mapping[u.column], u.dataset, u.k, u.on_violation) for u in right.units)
     r_preds = tuple(mapping[p] for p in right.preds)
     r_columns = {n: ColumnInfo(i.dtype, i.masked, mapping.get(i.unit_of) if i.unit_of else None,
-                               frozenset(mapping[p] for p in i.preds)) for n, i in right.columns.items()}
+                               frozenset(mapping[p] for p in i.preds), i.nonlinear) for n, i in right.columns.items()}
     lk = on if on is not None else left_on
     rk = on if on is not None else right_on
     if how != "cross" and not lk:
@@ -493,7 +497,7 @@ def join(left: Frame, right: Frame, ctx: Ctx, *, on: list[Expr] | None, left_on:
             info = r_columns[name[: -len(suffix)]]
         else:
             info = ColumnInfo(dtype)
-        columns[name] = ColumnInfo(dtype, info.masked, info.unit_of, info.preds)
+        columns[name] = ColumnInfo(dtype, info.masked, info.unit_of, info.preds, info.nonlinear)
     units = left.units + r_units
     preds = left.preds + r_preds
     lf = lf.select([*map(pl.col, columns), *(pl.col(u.column) for u in units), *map(pl.col, preds)])

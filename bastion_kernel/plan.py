@@ -161,12 +161,16 @@ class ColumnInfo:
     per-individual table). `preds`: bookkeeping columns holding the predicate
     flags this value was computed from, so an aggregate of it can be checked
     for singling out even when the condition was written in an earlier cell.
+    `nonlinear`: built by non-linear arithmetic (`abs`, `clip`, `round`, a
+    product of two columns, ...; see `policy.rules.nonlinear_ops`), so
+    aggregating it later cannot auto-release.
     """
 
     dtype: Any
     masked: bool = False
     unit_of: str | None = None
     preds: frozenset[str] = frozenset()
+    nonlinear: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from bastion_kernel.errors import PolicyError, Position
-from bastion_kernel.plan import BinOp, Call, Col, ColumnInfo, Func, Len, Lit, UnOp, When
+from bastion_kernel.plan import BinOp, Call, Col, ColumnInfo, DType, Func, Len, Lit, UnOp, When
 from bastion_kernel.policy import rules
 
 P1 = "__bastion_p1"
@@ -23,6 +23,7 @@ COLUMNS = {
     "name": ColumnInfo(pl.String, masked=True),
     "nick": ColumnInfo(pl.String, masked=True),  # derived from a masked column
     "flag": ColumnInfo(pl.Boolean, preds=frozenset({P1})),
+    "r": ColumnInfo(pl.Float64, nonlinear=True),  # e.g. with_columns(r=pl.col("x").round())
 }
 
 X, Y, ID, S, NAME, FLAG = Col("x"), Col("y"), Col("id"), Col("s"), Col("name"), Col("flag")
@@ -219,15 +220,18 @@ VIOLATION_ROWS = [
     ("product", call("product", X), ["order-statistic"]),
     ("bare-col", X, ["list-aggregation"]),
     ("col+1", BinOp("+", X, Lit(1)), ["list-aggregation"]),
-    ("implode", call("implode", X), ["list-aggregation"]),
-    ("value_counts", call("value_counts", X), ["list-aggregation"]),
-    ("head-sum", call("sum", call("head", X)), ["list-aggregation"]),
-    ("shift-sum", call("sum", call("shift", X)), ["row-order"]),
-    ("cum_sum-sum", call("sum", call("cum_sum", X)), ["row-order"]),
-    ("rank-mean", call("mean", call("rank", X)), ["row-order"]),
+    ("implode", call("implode", X), ["list-aggregation", "non-linear"]),
+    ("value_counts", call("value_counts", X), ["list-aggregation", "non-linear"]),
+    ("head-sum", call("sum", call("head", X)), ["list-aggregation", "non-linear"]),
+    ("shift-sum", call("sum", call("shift", X)), ["row-order", "non-linear"]),
+    ("cum_sum-sum", call("sum", call("cum_sum", X)), ["row-order", "non-linear"]),
+    ("rank-mean", call("mean", call("rank", X)), ["row-order", "non-linear"]),
     ("sort_by-last", call("last", call("sort_by", X, by=(Y,))), ["order-statistic"]),
-    ("max-of-shift", call("max", call("shift", X)), ["order-statistic", "row-order"]),
-    ("shift-bare", call("shift", X), ["list-aggregation", "row-order"]),
+    ("max-of-shift", call("max", call("shift", X)), ["order-statistic", "row-order", "non-linear"]),
+    ("shift-bare", call("shift", X), ["list-aggregation", "row-order", "non-linear"]),
+    ("abs-sum", call("sum", call("abs", X)), ["non-linear"]),
+    ("round-after-mean", call("round", call("mean", X), decimals=1), []),
+    ("derived-col-sum", call("sum", Col("r")), ["non-linear"]),
 ]
 
 
@@ -240,9 +244,129 @@ def test_agg_violations(node, expected):
         assert hint
 
 
+def test_agg_violation_names_the_nonlinear_op():
+    (rule, message, hint), = rules.agg_violations(rules.analyse_agg(call("mean", call("round", X)), COLUMNS), None,
+                                                  "an aggregate")
+    assert rule == "non-linear" and "`round`" in message and "singles out one individual" in message
+    assert ".mean().round(1)" in hint
+
+
 def test_agg_violation_names_the_method():
     (rule, message, _), = rules.agg_violations(rules.analyse_agg(call("median", X), COLUMNS), None, "agg")
     assert rule == "order-statistic" and "`median`" in message
+
+
+# ------------------------------------------------------------------ nonlinear_ops
+
+R = Col("r")
+PID_DIST = BinOp("-", ID, Lit(77))
+
+
+def cast(recv, name: str) -> Call:
+    return call("cast", recv, dtype=DType(name))
+
+
+NONLINEAR_ROWS = [
+    # allowed: linear value construction, conditions (split-checked), scalar-level transforms
+    ("sum", call("sum", X), []),
+    ("len", Len(), []),
+    ("mean-then-round (scalar level)", call("round", call("mean", X), decimals=1), []),
+    ("sum-over-len (scalar level)", BinOp("/", call("sum", X), Len()), []),
+    ("product-of-aggs (scalar level)", BinOp("*", call("sum", X), call("sum", Y)), []),
+    ("plus-minus", call("sum", BinOp("-", BinOp("+", X, Y), Lit(1))), []),
+    ("neg", call("sum", UnOp("neg", X)), []),
+    ("times-literal", call("sum", BinOp("*", X, Lit(2))), []),
+    ("one-product", call("sum", BinOp("*", X, Y)), []),
+    ("square", call("sum", BinOp("*", X, X)), []),
+    ("one-product-per-aggregate", BinOp("+", call("sum", BinOp("*", X, Y)), call("sum", BinOp("*", X, Y))), []),
+    ("product-with-condition", call("sum", BinOp("*", X, ID_IS_5)), []),
+    ("product-and-condition", call("sum", BinOp("*", BinOp("*", X, Y), ID_IS_5)), []),
+    ("one-minus-condition", call("sum", BinOp("*", X, BinOp("-", Lit(1), ID_IS_5))), []),
+    ("product-with-group-constant", call("sum", BinOp("*", X, call("mean", Y))), []),
+    ("divide-by-literal", call("sum", BinOp("/", X, Lit(100))), []),
+    ("divide-by-group-constant", call("sum", BinOp("/", X, call("sum", Y))), []),
+    ("sum-of-condition", call("sum", ID_IS_5), []),
+    ("when-branches", call("sum", When(((ID_IS_5, X), (X_GT_3, Y)), Lit(0))), []),
+    ("when-abs-in-condition", call("sum", When(((BinOp(">", call("abs", X), Lit(3)), X),))), []),
+    ("filter", call("sum", filt(X, ID_NOT_5)), []),
+    ("cast-float", call("sum", cast(ID, "Float64")), []),
+    ("cast-float32", call("mean", cast(X, "Float32")), []),
+    ("cast-condition", call("sum", cast(ID_IS_5, "Int64")), []),
+    ("fill_null-literal", call("sum", call("fill_null", X, value=Lit(0))), []),
+    ("fill_nan-literal", call("mean", call("fill_nan", X, value=Lit(0.0))), []),
+    ("alias", call("alias", call("sum", call("alias", X, "z")), "t"), []),
+    ("drop_nulls-mean", call("mean", call("drop_nulls", X)), []),
+    ("unique-len", call("len", call("unique", X)), []),
+    ("method-add-mul", call("sum", call("mul", call("add", X, other=Lit(1)), other=Y)), []),
+    ("max (order statistic, not non-linear)", call("max", X), []),
+    ("plain-col", X, []),
+    # refused: non-linear value construction in the row-level part
+    ("round-then-mean", call("mean", call("round", X)), ["round"]),
+    ("abs-clip-indicator", call("sum", BinOp("*", X, BinOp("-", Lit(1), call("clip", call("abs", PID_DIST),
+                                                                                    lower_bound=Lit(0),
+                                                                                    upper_bound=Lit(1))))),
+     ["clip", "abs"]),
+    ("abs-sign-indicator", call("sum", BinOp("*", X, BinOp("-", Lit(1), call("sign", call("abs", PID_DIST))))),
+     ["sign", "abs"]),
+    ("count_matches-indicator", call("sum", BinOp("*", X, call("str.count_matches", S, pattern="9999"))),
+     ["str.count_matches"]),
+    ("two-products", call("sum", BinOp("*", BinOp("*", X, Y), ID)), ["*"]),
+    ("two-products-right", call("sum", BinOp("*", X, BinOp("*", Y, ID))), ["*"]),
+    ("product-of-nonlinear", call("sum", BinOp("*", X, call("abs", Y))), ["abs"]),
+    ("divide-by-column", call("sum", BinOp("/", X, Y)), ["/"]),
+    ("divide-by-condition", call("sum", BinOp("/", X, ID_IS_5)), ["/"]),
+    ("method-truediv-column", call("sum", call("truediv", X, other=Y)), ["truediv"]),
+    ("pow-op", call("sum", BinOp("**", X, Lit(2))), ["**"]),
+    ("pow-method", call("sum", call("pow", X, exponent=Lit(2))), ["pow"]),
+    ("floordiv", call("sum", BinOp("//", X, Lit(10))), ["//"]),
+    ("mod", call("sum", BinOp("%", ID, Lit(2))), ["%"]),
+    ("floor", call("sum", call("floor", X)), ["floor"]),
+    ("log", call("mean", call("log", X)), ["log"]),
+    ("sqrt", call("mean", call("sqrt", X)), ["sqrt"]),
+    ("exp", call("mean", call("exp", X)), ["exp"]),
+    ("cast-int", call("sum", cast(X, "Int64")), ["cast"]),
+    ("cast-bool", call("sum", cast(X, "Boolean")), ["cast"]),
+    ("cast-string-n_unique", call("n_unique", cast(X, "String")), ["cast"]),
+    ("fill_null-column", call("sum", call("fill_null", X, value=Y)), ["fill_null"]),
+    ("str.len_chars", call("sum", call("str.len_chars", S)), ["str.len_chars"]),
+    ("dt.year", call("mean", call("dt.year", X)), ["dt.year"]),
+    ("replace", call("sum", call("replace", ID, old=77, new=1)), ["replace"]),
+    ("concat_str", call("n_unique", Func("concat_str", ((S, S),))), ["concat_str"]),
+    ("coalesce", call("sum", Func("coalesce", ((X, Y),))), ["coalesce"]),
+    ("min_horizontal", call("sum", Func("min_horizontal", ((X, Y),))), ["min_horizontal"]),
+    ("when-branch-value", call("sum", When(((ID_IS_5, call("abs", X)),), Lit(0))), ["abs"]),
+    ("when-otherwise", call("sum", When(((ID_IS_5, X),), call("sign", Y))), ["sign"]),
+    ("filter-receiver", call("sum", filt(call("abs", X), ID_NOT_5)), ["abs"]),
+    ("inside-order-statistic", call("max", call("abs", X)), ["abs"]),
+    ("shift", call("sum", call("shift", X)), ["shift"]),
+    ("derived-column (lineage via with_columns)", call("sum", R), ["derived:r"]),
+    ("derived-column-in-product", call("sum", BinOp("*", X, R)), ["derived:r"]),
+    ("scalar-level-then-row", call("round", call("mean", call("abs", X))), ["abs"]),
+]
+
+
+@pytest.mark.parametrize("node,expected", [r[1:] for r in NONLINEAR_ROWS], ids=[r[0] for r in NONLINEAR_ROWS])
+def test_nonlinear_ops(node, expected):
+    assert rules.nonlinear_ops(node, COLUMNS) == expected
+    assert rules.analyse_agg(node, COLUMNS).nonlinear == expected
+
+
+LINEAGE_ROWS = [
+    # products=0 (what a stored column may hold): a product kept in a column could be multiplied again later
+    ("product", BinOp("*", X, Y), ["*"]),
+    ("product-with-condition", BinOp("*", X, ID_IS_5), []),
+    ("linear", BinOp("+", BinOp("*", X, Lit(2)), BinOp("/", Y, Lit(3))), []),
+    ("condition", ID_IS_5, []),
+    ("round", call("round", X), ["round"]),
+    ("derived", BinOp("+", R, Lit(1)), ["derived:r"]),
+    ("per-individual-product-sum", call("sum", BinOp("*", X, Y)), ["*"]),
+    ("per-individual-sum", call("sum", X), []),
+]
+
+
+@pytest.mark.parametrize("node,expected", [r[1:] for r in LINEAGE_ROWS], ids=[r[0] for r in LINEAGE_ROWS])
+def test_nonlinear_ops_for_lineage(node, expected):
+    assert rules.nonlinear_ops(node, COLUMNS, products=0) == expected
 
 
 # ------------------------------------------------------------------ check_masked

@@ -13,7 +13,12 @@ The rules, in the words of the deployment's privacy officer:
 - every condition inside an aggregate (comparison, `is_in`, `when`, `filter`)
   splits the group in two; each side must hold at least k individuals, or a
   single person could be isolated (`(income * (id == 5)).sum()`); a
-  null-skipping aggregate (`mean(x)`) must see k individuals with a value.
+  null-skipping aggregate (`mean(x)`) must see k individuals with a value;
+- values inside an auto-released aggregate are built linearly (+, -, one
+  product of two columns, division by a constant, float casts, conditions);
+  anything else (`abs`, `clip`, `sign`, `round`, `**`, `str.*`, ...) can turn
+  a value into an indicator of one person without writing a condition
+  (`(income * (1 - (id - 5).abs().clip(0, 1))).sum()`), so it goes to review.
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ class AggFacts:
     natural_null_checks: list[Expr] = field(default_factory=list)
     supports: list[Expr] = field(default_factory=list)
     lineage_preds: set[str] = field(default_factory=set)
+    nonlinear: list[str] = field(default_factory=list)
 
 
 def analyse_agg(node: Expr, columns: dict[str, ColumnInfo]) -> AggFacts:
@@ -183,7 +189,132 @@ def analyse_agg(node: Expr, columns: dict[str, ColumnInfo]) -> AggFacts:
                     facts.predicates.append(aligned(cond))
         if isinstance(n, Col):
             facts.lineage_preds |= columns[n.name].preds
+    facts.nonlinear = nonlinear_ops(node, columns)
     return facts
+
+
+# Methods that only drop nulls or reorder inside an aggregate: the values are the
+# input's (the list/row-order rules already exempt exactly these).
+VALUE_PRESERVING = frozenset({"drop_nulls", "drop_nans", "unique", "sort", "sort_by"})
+FLOAT_TYPES = frozenset({"Float32", "Float64"})
+
+
+def nonlinear_ops(node: Expr, columns: dict[str, ColumnInfo], *, products: int = 1) -> list[str]:
+    """Operations in the row-level part of `node` that build values non-linearly.
+
+    Why: a condition splits a group and is checked on both sides, but arithmetic
+    can build the same indicator without one (`1 - (id - 5).abs().clip(0, 1)` is
+    1 for one person, 0 for all others), and no split check sees it. Inside an
+    aggregate only linear value construction is allowed: columns, literals,
+    `+`/`-`, at most `products` products of two row-level column sides per
+    aggregate argument (a product with a condition is split-checked instead),
+    `/` by a per-group constant, float casts, literal `fill_null`, `when`
+    branch values and `filter` receivers. Conditions are skipped (split-checked).
+    Scalar-level nodes (`x.mean().round()`) are fine; their children are read.
+    A column whose `ColumnInfo.nonlinear` is set is named `derived:<col>`.
+    Lineage callers pass `products=0`: a product stored in a column could be
+    multiplied again in a later cell, one product per cell.
+    """
+    out: list[str] = []
+
+    def row_side(e: Expr) -> bool:
+        return not (is_predicate(e) or kind_of(e) == "pred") and level(e) == "row" and bool(referenced(e))
+
+    def product(left: Expr, right: Expr, budget: list[int], op: str) -> None:
+        if row_side(left) and row_side(right):
+            budget[0] -= 1
+            if budget[0] < 0:
+                out.append(op)
+        visit(left, budget)
+        visit(right, budget)
+
+    def divide(left: Expr, right: Expr, budget: list[int], op: str) -> None:
+        if level(right) == "row" and referenced(right):
+            out.append(op)
+        visit(left, budget)
+        visit(right, budget)
+
+    def visit(n: Expr, budget: list[int]) -> None:
+        if is_predicate(n) or kind_of(n) == "pred":
+            return
+        if isinstance(n, Col):
+            info = columns.get(n.name)
+            if info is not None and info.nonlinear:
+                out.append(f"derived:{n.name}")
+            return
+        if isinstance(n, (Lit, Len)):
+            return
+        kind = kind_of(n)
+        if isinstance(n, Call) and kind in ("agg", "noauto"):
+            visit(n.recv, [products])  # a fresh aggregate argument
+            return
+        if level(n) == "scalar":
+            for c in n.children():
+                visit(c, budget)
+            return
+        if isinstance(n, BinOp):
+            if n.op in ("+", "-"):
+                visit(n.left, budget)
+                visit(n.right, budget)
+            elif n.op == "*":
+                product(n.left, n.right, budget, "*")
+            elif n.op == "/":
+                divide(n.left, n.right, budget, "/")
+            else:
+                out.append(n.op)
+                visit(n.left, budget)
+                visit(n.right, budget)
+            return
+        if isinstance(n, UnOp):  # neg / pos (invert is a condition)
+            visit(n.operand, budget)
+            return
+        if isinstance(n, When):
+            for _, value in n.branches:
+                visit(value, budget)
+            if n.otherwise is not None:
+                visit(n.otherwise, budget)
+            return
+        if isinstance(n, Call):
+            kw = dict(n.kwargs)
+            if kind == "name" or n.fn in VALUE_PRESERVING or n.fn in ("filter", "neg"):
+                visit(n.recv, budget)
+                return
+            other = kw.get("other")
+            if n.fn in ("add", "sub") and isinstance(other, Expr):
+                visit(n.recv, budget)
+                visit(other, budget)
+                return
+            if n.fn == "mul" and isinstance(other, Expr):
+                product(n.recv, other, budget, "mul")
+                return
+            if n.fn == "truediv" and isinstance(other, Expr):
+                divide(n.recv, other, budget, "truediv")
+                return
+            if n.fn == "cast":
+                if getattr(kw.get("dtype"), "name", None) not in FLOAT_TYPES and not is_predicate(n.recv):
+                    out.append("cast")
+                visit(n.recv, budget)
+                return
+            if n.fn in ("fill_null", "fill_nan"):
+                value = kw.get("value", n.args[0] if n.args else None)
+                if isinstance(value, Expr) and referenced(value):
+                    out.append(n.fn)
+                for c in n.children():
+                    visit(c, budget)
+                return
+            out.append(n.fn)
+            for c in n.children():
+                visit(c, budget)
+            return
+        if isinstance(n, Func):
+            out.append(n.fn)
+            for c in n.children():
+                visit(c, budget)
+            return
+        out.append(type(n).__name__)  # deny by default: a node kind this rule does not know
+
+    visit(node, [products])
+    return out
 
 
 def agg_violations(facts: AggFacts, dataset: str | None, label: str) -> list[tuple[str, str, str]]:
@@ -207,6 +338,12 @@ def agg_violations(facts: AggFacts, dataset: str | None, label: str) -> list[tup
             "row-order",
             f"`{facts.shape[0]}` in {label} depends on individual rows' order",
             "aggregate first, then transform the aggregated result",
+        ))
+    if facts.nonlinear:
+        out.append((
+            "non-linear",
+            f"`{facts.nonlinear[0]}` inside {label} can turn values into an indicator that singles out one individual",
+            "aggregate the plain column, then transform the released result (e.g. .agg(pl.col('x').mean().round(1)))",
         ))
     return out
 
