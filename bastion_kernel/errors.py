@@ -28,6 +28,7 @@ class BastionError(Exception):
     """
 
     kind = "error"
+    title = "BastionError"  # the label shown in the notebook; subclasses name themselves
 
     def __init__(
         self,
@@ -76,19 +77,13 @@ class BastionError(Exception):
             lines.append(f"Hint: {self.hint}")
         return "\n".join(lines)
 
-    @property
-    def title(self) -> str:
-        return "BastionError"
-
 
 class ConfigError(BastionError):
     """The owner's deployment file is malformed; the kernel refuses to start."""
 
     kind = "config"
 
-    @property
-    def title(self) -> str:
-        return "ConfigError"
+    title = "ConfigError"
 
 
 class GrammarError(BastionError):
@@ -96,9 +91,7 @@ class GrammarError(BastionError):
 
     kind = "grammar"
 
-    @property
-    def title(self) -> str:
-        return "GrammarError"
+    title = "GrammarError"
 
 
 class PlanError(BastionError):
@@ -106,9 +99,7 @@ class PlanError(BastionError):
 
     kind = "plan"
 
-    @property
-    def title(self) -> str:
-        return "QueryError"
+    title = "QueryError"
 
 
 class PolicyError(BastionError):
@@ -119,6 +110,7 @@ class PolicyError(BastionError):
     """
 
     kind = "policy"
+    title = "PolicyError"
 
     def __init__(
         self,
@@ -140,19 +132,13 @@ class PolicyError(BastionError):
             out["dataset"] = self.dataset
         return out
 
-    @property
-    def title(self) -> str:
-        return "PolicyError"
-
 
 class ExecutionError(BastionError):
     """A query failed while running. The message never quotes data values."""
 
     kind = "execution"
 
-    @property
-    def title(self) -> str:
-        return "ExecutionError"
+    title = "ExecutionError"
 
 
 class LimitError(BastionError):
@@ -160,9 +146,7 @@ class LimitError(BastionError):
 
     kind = "limit"
 
-    @property
-    def title(self) -> str:
-        return "LimitError"
+    title = "LimitError"
 
 
 class ReviewError(BastionError):
@@ -170,9 +154,7 @@ class ReviewError(BastionError):
 
     kind = "review"
 
-    @property
-    def title(self) -> str:
-        return "ReviewError"
+    title = "ReviewError"
 
 
 class AuditError(BastionError):
@@ -180,6 +162,4 @@ class AuditError(BastionError):
 
     kind = "audit"
 
-    @property
-    def title(self) -> str:
-        return "AuditError"
+    title = "AuditError"

@@ -26,9 +26,9 @@ import polars as pl
 
 from . import compile as C
 from .config import RESERVED_PREFIX, DatasetConfig
-from .errors import PlanError, PolicyError, Position
+from .errors import PlanError, Position
 from .plan import (
-    OK_COLUMN, SUPPRESSED_COLUMN, Call, Col, ColumnInfo, Expr, Frame, Lit, Step, Unit, Violation, is_reserved, walk,
+    OK_COLUMN, SUPPRESSED_COLUMN, Call, Col, ColumnInfo, Expr, Frame, Step, Unit, Violation, is_reserved, walk,
 )
 from .policy import rules
 from .sources import scan

@@ -77,7 +77,6 @@ def decide(frame: Frame) -> Decision:
 
 
 def _on_violation(frame: Frame, dataset: str) -> str:
-    from .plan import Step
 
     stack: list[Frame] = [frame]
     while stack:

@@ -84,7 +84,6 @@ class _Checker(ast.NodeVisitor):
             self.depth -= 1
 
     def refuse(self, node: ast.AST) -> None:
-        name = type(node).__name__
         hint = _NODE_HINTS.get(type(node), "a cell holds assignments to names and polars expressions only")
         raise GrammarError(f"{_describe(node)} is not allowed", hint=hint, position=_pos(node))
 

@@ -52,8 +52,6 @@ def is_predicate(node: Expr) -> bool:
     """A boolean-valued node that refers to at least one column."""
     if kind_of(node) != "pred":
         return False
-    if isinstance(node, BinOp) and node.op in LOGICAL | {"invert"}:
-        pass
     return any(isinstance(n, Col) for n in walk(node))
 
 
@@ -360,7 +358,3 @@ def row_expr_violations(node: Expr, where: str) -> list[tuple[str, str, str]]:
                 "aggregate with group_by(...).agg(...) instead",
             )]
     return []
-
-
-def func_or_col_only(node: Expr) -> bool:
-    return isinstance(node, (Col, Func))
