@@ -16,7 +16,7 @@ from typing import Any
 from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
-from . import __version__, config
+from . import __version__, assist, config
 from .display import bundle
 from .errors import BastionError, ConfigError
 from .session import Session
@@ -86,6 +86,30 @@ class BastionKernel(Kernel):
         if compiled is None:
             return {"status": "incomplete", "indent": ""}
         return {"status": "complete"}
+
+    # ------------------------------------------------------------ completion and inspection
+    # Static text analysis only (see assist.py): the cell is never run and no data is read.
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
+        pos = len(code) if cursor_pos is None else cursor_pos
+        try:
+            matches, start, end = assist.complete(code, pos, self.bastion)
+        except Exception:  # noqa: BLE001 - a suggestion is never worth an error
+            self.log.warning("completion failed:\n%s", traceback.format_exc())
+            matches, start, end = [], pos, pos
+        return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": end, "metadata": {}}
+
+    async def do_inspect(  # type: ignore[override]
+        self, code: str, cursor_pos: int | None, detail_level: int = 0, omit_sections: Any = (),
+    ) -> dict[str, Any]:
+        pos = len(code) if cursor_pos is None else cursor_pos
+        try:
+            text = assist.inspect(code, pos, self.bastion)
+        except Exception:  # noqa: BLE001
+            self.log.warning("inspection failed:\n%s", traceback.format_exc())
+            text = None
+        if text is None:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        return {"status": "ok", "found": True, "data": {"text/plain": text}, "metadata": {}}
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:

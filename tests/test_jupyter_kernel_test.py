@@ -7,8 +7,7 @@ is built in memory, pointing at a demo deployment generated for this class.
 Every message the suite receives is validated against the v5 message spec.
 
 Samples Bastion cannot offer are left unset on purpose (the suite skips them):
-there is no print (stdout/stderr), no display_data, no pager, and completion
-and inspection come later.
+there is no print (stdout/stderr), no display_data and no pager.
 """
 
 from __future__ import annotations
@@ -46,6 +45,10 @@ class BastionKernelTests(jupyter_kernel_test.KernelTests):
     complete_code_samples = ["x = 1", 'patients.select(pl.len()).collect()', "x = (\n1)"]
     incomplete_code_samples = ["x = (", "patients.select(\n"]
     invalid_code_samples = ["x = )", "1 +* 2"]
+
+    # The suite compares the set of matches exactly: every allow-listed pl.* name starting with "co".
+    completion_samples = [{"text": "pl.co", "matches": {"col", "concat_str", "coalesce", "count"}}]
+    code_inspect_sample = "patients"
 
     _tmp: str
 
