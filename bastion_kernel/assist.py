@@ -257,9 +257,9 @@ def _is_frame_name(name: str, session: Any) -> bool:
 
 def dataset_columns(ds: Any) -> dict[str, Any]:
     """column -> dtype of a dataset, from the file's schema only (no rows are read)."""
-    from .frames import scan
+    from .sources import schema
 
-    return dict(scan(ds).collect_schema().items())
+    return dict(schema(ds).items())
 
 
 def _columns_of(name: str, session: Any) -> list[str]:

@@ -188,10 +188,10 @@ def _dataset(
 
 def _check_columns(ds: DatasetConfig, prefix: str) -> None:
     """Masked columns and the privacy unit must exist: read the schema (no rows)."""
-    from .sources import scan  # local import: config must load without touching data
+    from .sources import schema as read_schema  # local import: config must load without touching data
 
     try:
-        schema = scan(ds).collect_schema()
+        schema = read_schema(ds)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a config problem
         raise ConfigError(f"{prefix}path: cannot read {ds.path} ({type(exc).__name__})") from None
     names = set(schema.names())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
@@ -32,6 +32,7 @@ from .plan import (
 )
 from .policy import rules
 from .sources import scan
+from .sources import schema as dataset_schema
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _finish(frame: Frame, ctx: Ctx) -> Frame:
 def source(ds: DatasetConfig, ctx: Ctx) -> Frame:
     """A fresh scan of a dataset with its unit bookkeeping column."""
     lf = scan(ds)
-    schema = lf.collect_schema()
+    schema = dataset_schema(ds)
     unit_col = ctx.fresh("u")
     if ds.privacy_unit:
         lf = lf.with_columns(pl.col(ds.privacy_unit).alias(unit_col))
@@ -523,5 +524,3 @@ def unique(frame: Frame, subset: list[Expr] | None, ctx: Ctx, maintain_order: bo
     lf = frame.lf.unique(subset=[C.expr(e) for e in subset] if subset else None, **kwargs)
     return _finish(frame.evolve(step=Step("unique", (frame,), ()), lf=lf), ctx)
 
-
-VerbFn = Callable[..., Frame]
