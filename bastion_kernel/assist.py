@@ -21,11 +21,14 @@ from typing import Any
 from .grammar.allowlists import (
     DTYPES,
     EXPR_METHODS,
+    FRAME_NAMESPACES,
+    FRAME_PLOT_METHODS,
     FRAME_PROPERTIES,
     FRAME_VERBS,
     GROUPBY_VERBS,
     NAMESPACES,
     PL_FUNCTIONS,
+    PLOT_METHODS,
     RELEASED_METHODS,
     RELEASED_PROPERTIES,
     SESSION_FUNCTIONS,
@@ -34,8 +37,8 @@ from .grammar.allowlists import (
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 _WORD_CHARS = re.compile(r"\w")
 # calls whose string arguments are column names (`col` only as `pl.col`)
-_COLUMN_CALLS = {"select", "group_by", "sort", "drop", "unique", "col", "exclude"}
-_COLUMN_KEYWORDS = {"on", "left_on", "right_on", "subset"}
+_COLUMN_CALLS = {"select", "group_by", "sort", "drop", "unique", "col", "exclude", "hist"}
+_COLUMN_KEYWORDS = {"on", "left_on", "right_on", "subset", "x", "y", "color"}  # x/y/color: .plot.bar(x="…
 
 KIND_TEXT = {
     "agg": "aggregate: auto-released over enough individuals",
@@ -46,6 +49,7 @@ KIND_TEXT = {
     "shape": "depends on other rows' order: not auto-released",
     "filter": "keeps only the rows where the condition holds",
     "name": "renames the output",
+    "chart": "draws a chart (Vega-Lite) of released data",
 }
 
 
@@ -143,6 +147,7 @@ def _scan(text: str) -> _Scan:
 
 def _value_state(value: Any) -> str | None:
     from . import release as R
+    from .charts import PlotAccessor
     from .interpreter import GroupBy, PLModule, WhenStart
     from .plan import Expr, Frame, When
 
@@ -158,6 +163,8 @@ def _value_state(value: Any) -> str | None:
         return "expr"
     if isinstance(value, R.Released):
         return "released"
+    if isinstance(value, PlotAccessor):
+        return "frameplot" if isinstance(value.target, Frame) else "plot"
     if isinstance(value, PLModule):
         return "pl"
     return None
@@ -185,6 +192,8 @@ def _step(state: str | None, name: str, called: bool) -> str | None:
             return "released"
         if name in FRAME_VERBS and name != "collect_schema" and called:
             return "frame"
+        if name in FRAME_NAMESPACES and not called:
+            return "frameplot"
         return None
     if state == "groupby":
         return "frame" if name in GROUPBY_VERBS and called else None
@@ -203,6 +212,8 @@ def _step(state: str | None, name: str, called: bool) -> str | None:
     if state and state.startswith("ns:"):
         return "expr" if name in NAMESPACES[state[3:]] and called else None
     if state == "released":
+        if name == "plot" and not called:
+            return "plot"
         return "released" if name in ("head", "tail", "sort") and called else None
     return None
 
@@ -230,7 +241,11 @@ def _members(state: str | None) -> dict[str, str]:
     if state == "pl":
         return {**PL_FUNCTIONS, **{k: f"data type: {v}" for k, v in DTYPES.items()}}
     if state == "frame":
-        return {**{k: v.doc for k, v in FRAME_VERBS.items()}, **FRAME_PROPERTIES}
+        return {**{k: v.doc for k, v in FRAME_VERBS.items()}, **FRAME_PROPERTIES, **FRAME_NAMESPACES}
+    if state == "frameplot":
+        return {k: v.doc for k, v in FRAME_PLOT_METHODS.items()}
+    if state == "plot":
+        return {k: v.doc for k, v in PLOT_METHODS.items()}
     if state == "groupby":
         return dict(GROUPBY_VERBS)
     if state == "whenstart":
@@ -249,7 +264,7 @@ def _members(state: str | None) -> dict[str, str]:
 
 
 def _is_frame_name(name: str, session: Any) -> bool:
-    return _head_state(name, session) == "frame" and name != "pl"
+    return _head_state(name, session) in ("frame", "released") and name != "pl"
 
 
 # --------------------------------------------------------------------------- columns
@@ -264,10 +279,13 @@ def dataset_columns(ds: Any) -> dict[str, Any]:
 
 def _columns_of(name: str, session: Any) -> list[str]:
     from .plan import Frame
+    from .release import Released
 
     value = session.namespace.get(name)
     if isinstance(value, Frame):
         return list(value.columns)
+    if isinstance(value, Released):  # its column names are part of what was released
+        return list(value.df.columns)
     if name in session.visible_datasets and name not in session.namespace:
         return list(dataset_columns(session.visible_datasets[name]))
     return []

@@ -72,7 +72,8 @@ from .errors import AuditError
 
 GENESIS = "0" * 64
 RESERVED_KEYS = frozenset({"seq", "ts", "session", "event", "prev", "hash"})
-EVENTS = frozenset({"session_start", "cell", "review_request", "review_decision", "fetch", "session_end"})
+EVENTS = frozenset({"session_start", "cell", "review_request", "review_decision", "fetch", "worker_restart",
+                    "session_end"})
 DB_NAME = "bastion.db"
 AUDIT_DIR = "audit"
 BUSY_TIMEOUT_MS = 30_000
@@ -364,6 +365,16 @@ class AuditLog:
         if head is None or not _session_file(state_dir, session_id).is_file():
             raise AuditError(f"unknown audit session {session_id}", hint="see `bastion audit list`")
         return cls(state_dir, session_id, owner=False)
+
+    @classmethod
+    def resume(cls, state_dir: Path, session_id: str) -> AuditLog:
+        """Continue a session this kernel opened, from a restarted query worker.
+
+        Unlike `attach`, the resumed log owns the session: it writes its
+        ``session_end`` when the kernel shuts down.
+        """
+        attached = cls.attach(state_dir, session_id)
+        return cls(attached.state_dir, session_id, owner=True)
 
     def record(self, event: str, /, **fields: Any) -> dict[str, Any]:
         """Append one record and return it exactly as stored."""

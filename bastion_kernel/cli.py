@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg
-from .audit import AuditLog, list_sessions, read_session, verify
+from .audit import list_sessions, read_session, verify
 from .errors import AuditError, BastionError, ConfigError
 from .install import install_kernelspec
-from .review import ReviewRequest, ReviewStore
+from .review import ReviewRequest, ReviewStore, decide
 
 Handler = Callable[[argparse.Namespace], int]
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -159,7 +159,28 @@ def cmd_review_show(args: argparse.Namespace) -> int:
     for o in others:
         extra = f" by {o.decided_by}" if o.decided_by else ""
         print(f"    {o.id}  {o.status}{extra}  {_short_time(o.created)}  {_one_line(o.reason, 50)}")
+    _print_release_history(_deployment(args), req)
     return EXIT_OK
+
+
+def _print_release_history(deployment: cfg.Deployment, req: ReviewRequest, recent: int = 5) -> None:
+    """What the requester was already shown automatically on each dataset (the differencing history).
+
+    Why here: a request held back as too close to an earlier release names
+    that release; the owner needs the history around it to judge the risk.
+    """
+    from .policy.history import HistoryStore, scope_of
+
+    history = HistoryStore(deployment.state_dir)
+    for name in req.dataset.split(","):
+        ds = deployment.datasets.get(name)
+        if ds is None:
+            continue
+        total, latest = history.releases(user=req.user, scope=scope_of(ds), limit=recent)
+        print(f"\nAutomatic releases to {req.user} on {name}: {total}" + (f" (latest {len(latest)}):" if latest else ""))
+        for r in latest:
+            via = f" (as {r.dataset})" if r.dataset != name else ""  # another name for the same file
+            print(f"    {r.id}  {_short_time(r.created)}  {r.rows} row(s){via}  {_one_line(r.cell, 60)}")
 
 
 def _args_decide(p: argparse.ArgumentParser) -> None:
@@ -173,23 +194,10 @@ def _args_reject(p: argparse.ArgumentParser) -> None:
 
 
 def _decide(args: argparse.Namespace, decision: str) -> int:
-    """Decide, then append a ``review_decision`` record to the requesting session.
-
-    The session is attached *before* deciding so a missing log stops the
-    decision; if the append fails afterwards the decision stands and we say so.
-    """
+    """Decide and audit (see `review.decide`), then say what happened."""
     store = _store(args)
     by = args.by or cfg.current_user()
-    req = store.get(args.id)
-    log = AuditLog.attach(store.state_dir, req.session_id)
-    if decision == "approved":
-        done = store.approve(args.id, by=by)
-    else:
-        done = store.reject(args.id, by=by, reason=args.reason)
-    try:
-        log.record("review_decision", request_id=done.id, decision=decision, by=by, reason=done.decision_reason)
-    except AuditError as exc:
-        raise AuditError(f"{done.id} was {decision}, but the audit record could not be written: {exc.message}") from None
+    done = decide(store, args.id, decision, by=by, reason=getattr(args, "reason", None))
     if decision == "approved":
         print(f"approved {done.id}: {done.user} may now fetch {done.rows} rows x {len(done.columns)} columns of {done.dataset}")
     else:
@@ -273,6 +281,32 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _args_audit_html(p: argparse.ArgumentParser) -> None:
+    p.add_argument("session", metavar="SESSION", nargs="?", help="audit session id (default: the latest)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the page (default: SESSION.html)")
+
+
+def cmd_audit_html(args: argparse.Namespace) -> int:
+    """Write one session as a readable HTML page; exit 1 (page still written) if it does not verify."""
+    from .audit_html import render_session
+
+    state_dir = _deployment(args).state_dir
+    if args.session is None:
+        sessions = list_sessions(state_dir)
+        if not sessions:
+            raise AuditError("there are no audit sessions yet", hint="see `bastion audit list`")
+        args.session = sessions[-1]["session"]  # ids start with their UTC start time
+    page, problems = render_session(state_dir, args.session)
+    out = Path(args.output or f"{args.session}.html")
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise BastionError(f"cannot write {out}: {exc.strerror}") from None
+    verdict = "chain verifies" if not problems else f"chain does NOT verify ({len(problems)} problems)"
+    print(f"wrote {out}: session {args.session}, {verdict}")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
 # --------------------------------------------------------------------------- demo & lab
 
 
@@ -298,11 +332,27 @@ def _args_lab(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", metavar="DIR", help="generate the demo into DIR and use it")
     p.add_argument("--port", type=int, metavar="N", help="port for the Jupyter server")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--notebooks", metavar="DIR",
+                   help="folder the scientist sees (default: the deployment file's folder)")
 
 
-def lab_argv(*, root_dir: Path, port: int | None, no_browser: bool) -> list[str]:
-    """The JupyterLab command line `bastion lab` execs (separate so it can be tested)."""
+def lab_config_dir() -> Path:
+    """Where `bastion lab` writes the lock-down configuration it starts JupyterLab with."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "bastion" / "lab-config"
+
+
+def lab_argv(*, root_dir: Path, port: int | None, no_browser: bool, config_dir: Path | None = None) -> list[str]:
+    """The JupyterLab command line `bastion lab` execs (separate so it can be tested).
+
+    `config_dir` holds `lockdown.write_config_dir`'s files; its server config
+    is passed with ``--config``, so no other jupyter_server_config file (not
+    even the user's own) can loosen the lock-down.
+    """
     argv = [sys.executable, "-m", "jupyterlab"]
+    if config_dir is not None:
+        argv.append(f"--config={Path(config_dir) / 'jupyter_server_config.py'}")
     if port is not None:
         argv.append(f"--ServerApp.port={port}")
     if no_browser:
@@ -315,18 +365,30 @@ def lab_argv(*, root_dir: Path, port: int | None, no_browser: bool) -> list[str]
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    """Install the kernelspec into this environment and replace ourselves with JupyterLab."""
+    """Install the kernelspec into this environment and replace ourselves with a
+    locked-down JupyterLab (see `lockdown`): the Bastion kernel is the only way in."""
     if args.demo and args.config:
         raise ConfigError("give --demo DIR or --config PATH, not both")
+    try:
+        from .lockdown import write_config_dir  # needs jupyter_server: the `lab` extra
+    except ImportError as exc:
+        raise BastionError(
+            f"JupyterLab is not installed ({exc})", hint="pip install 'bastion-kernel[lab]'"
+        ) from None
     if args.demo:
         config = _generate_demo(Path(args.demo)).resolve()
         root = Path(args.demo).resolve()
     else:
         config = cfg.config_path(args.config)
         root = config.parent
+    if args.notebooks:
+        root = Path(args.notebooks).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(f"notebook folder {root} does not exist")
     cfg.load(config)  # refuse to launch on a broken deployment file
     install_kernelspec(sys_prefix=True, config=str(config))
-    argv = lab_argv(root_dir=root, port=args.port, no_browser=args.no_browser)
+    config_dir = write_config_dir(lab_config_dir())
+    argv = lab_argv(root_dir=root, port=args.port, no_browser=args.no_browser, config_dir=config_dir)
     os.environ[cfg.ENV_VAR] = str(config)  # JUPYTER_TOKEN etc. pass through untouched
     sys.stdout.flush()
     sys.stderr.flush()
@@ -350,6 +412,7 @@ COMMANDS: dict[str, tuple[str, AddArgs, Handler]] = {
     "audit list": ("list audit sessions", _no_args, cmd_audit_list),
     "audit show": ("print one session's records", _args_session, cmd_audit_show),
     "audit verify": ("check the hash chains", _args_session_opt, cmd_audit_verify),
+    "audit html": ("write one session as a readable HTML page", _args_audit_html, cmd_audit_html),
     "demo": ("write the demo datasets and deployment file", _args_demo, cmd_demo),
     "lab": ("install the kernel and start JupyterLab", _args_lab, cmd_lab),
 }

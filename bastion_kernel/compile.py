@@ -5,16 +5,31 @@ touches polars' expression API. Method names reach `getattr` only after the
 interpreter matched them against the allow-list tables, and the name used is
 the table's (`MethodSpec.target`), so no string a user typed is ever looked up
 on a polars object unchecked.
+
+Why arguments are checked here: polars validates some arguments in Python
+(`round(-1)`, `rank(method="x")`) and some only when a row reaches the
+method (`dt.truncate("1x")`, `str.to_integer(base=1)`, `cut([1, 1])`). The
+first kind must be a clear refusal, not an internal error; the second kind
+would make "error or not" an oracle on whichever rows a filter kept (is
+anyone's income above X?). So every method called with literal arguments is
+also tried on one literal value per plausible type before anything runs: if
+polars refuses it for every type, the arguments are refused (`PlanError`),
+the same answer whatever the data holds. Likewise polars checks some types
+only on rows (`-(x > 3)`, `pl.col("age") & pl.col("score")`, `clip("a")`):
+`probe` runs a whole expression on three made-up rows of the real column
+types, so such a type error is refused before the owner's rows are read.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import operator
 from typing import Any, Callable
 
 import polars as pl
 
+from .errors import PlanError
 from .grammar.allowlists import EXPR_METHODS, NAMESPACES, MethodSpec
 from .plan import BinOp, Call, Col, DType, Expr, Func, Len, Lit, UnOp, When, Wild
 
@@ -50,9 +65,45 @@ _DTYPES: dict[str, Any] = {
 _POSITIONAL: dict[str, tuple[str, ...]] = {"filter": ("predicate",), "and_": ("other",), "or_": ("other",)}
 
 
+# polars' Rust panics surface as pyo3's PanicException, a BaseException: caught by name.
+_PANIC: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(pl.exceptions, "PanicException", None),) if isinstance(t, type)
+)
+_REFUSALS: tuple[type[BaseException], ...] = (Exception, *_PANIC)
+
+# Lengths polars would allocate per row (str.zfill(10**9) panics or exhausts memory on the
+# first row that reaches it): far above any real formatting need, far below harm.
+MAX_TEXT_LENGTH = 10_000
+_LENGTH_ARGS: dict[str, tuple[str, ...]] = {
+    "str.zfill": ("length",), "str.pad_start": ("length",), "str.pad_end": ("length",),
+}
+
+# One literal per type a method may plausibly receive, by namespace (see `_probe`).
+_PROBES: dict[str, tuple[Any, ...]] = {
+    "str": ("10100",),
+    "dt": (_dt.date(2000, 1, 31), _dt.datetime(2000, 1, 31, 12, 30), _dt.timedelta(days=1, hours=2)),
+    "": (1, 1.5, "10100", True, _dt.date(2000, 1, 31), _dt.datetime(2000, 1, 31, 12, 30)),
+}
+
+
+def _refuse(name: str, why: str = "polars refuses these arguments") -> PlanError:
+    return PlanError(
+        f"`.{name}()` cannot take these arguments: {why}",
+        hint=f"Shift+Tab on .{name.split('.')[-1]}() shows its arguments and their ranges",
+    )
+
+
 def dtype(d: DType) -> Any:
     base = _DTYPES[d.name]
-    return base(**dict(d.params)) if d.params else base
+    if not d.params:
+        return base
+    try:
+        out = base(**dict(d.params))
+        pl.select(pl.lit(None).cast(out))  # an unknown time zone fails here, not on the owner's rows
+    except _REFUSALS:
+        raise PlanError(f"pl.{d.name}{tuple(v for _, v in d.params)!r} is not a valid type",
+                        hint="time_unit is 'ns', 'us' or 'ms'; time_zone an IANA name such as 'Europe/Paris'") from None
+    return out
 
 
 def spec_for(fn: str) -> MethodSpec:
@@ -70,7 +121,13 @@ def expr(e: Expr) -> pl.Expr:
     if isinstance(e, Lit):
         value = e.value
         if e.dtype is not None:
-            return pl.lit(value, dtype=dtype(e.dtype))
+            try:
+                return pl.lit(value, dtype=dtype(e.dtype))
+            except PlanError:
+                raise
+            except _REFUSALS:
+                raise PlanError(f"the literal {value!r} cannot have type pl.{e.dtype.name}",
+                                hint="pass a value of that type, or .cast() it (values that do not fit become null)") from None
         return pl.lit(value)
     if isinstance(e, Len):
         return pl.len()
@@ -85,21 +142,142 @@ def expr(e: Expr) -> pl.Expr:
             chain = chain.when(expr(cond)).then(expr(val))
         return chain.otherwise(expr(e.otherwise)) if e.otherwise is not None else chain
     if isinstance(e, Func):
-        return _FUNCS[e.fn](*[arg(a) for a in e.args], **{k: arg(v) for k, v in e.kwargs})
+        try:
+            return _FUNCS[e.fn](*[arg(a) for a in e.args], **{k: arg(v) for k, v in e.kwargs})
+        except PlanError:
+            raise
+        except _REFUSALS:
+            raise _refuse(e.fn) from None
     if isinstance(e, Call):
         spec = spec_for(e.fn)
         target: Any = expr(e.recv)
-        if "." in e.fn:
-            target = getattr(target, e.fn.split(".", 1)[0])  # namespace name from NAMESPACES keys
-        method = getattr(target, spec.target)
-        positional = _POSITIONAL.get(e.fn, ())
-        kwargs = {k: arg(v) for k, v in e.kwargs if k not in positional}
-        kwargs.update(dict(spec.fixed))
-        args = [arg(a) for a in e.args] + [arg(v) for k, v in e.kwargs if k in positional]
-        return method(*args, **kwargs)
+        _check_lengths(e)
+        _probe(e.fn, e.args, e.kwargs)
+        return _call(target, e.fn, spec, e.args, e.kwargs)
     if isinstance(e, Wild):  # pragma: no cover - the interpreter expands these first
         raise AssertionError("wildcard reached the compiler unexpanded")
     raise AssertionError(f"unknown expression node {type(e).__name__}")
+
+
+def _call(target: Any, fn: str, spec: MethodSpec, args_: tuple[Any, ...], kwargs_: tuple[tuple[str, Any], ...]) -> Any:
+    """`target.<ns>.<method>(...)` with the table's name and fixed keywords; a polars refusal is a PlanError."""
+    try:
+        if "." in fn:
+            target = getattr(target, fn.split(".", 1)[0])  # namespace name from NAMESPACES keys
+        method = getattr(target, spec.target)
+        positional = _POSITIONAL.get(fn, ())
+        kwargs = {k: arg(v) for k, v in kwargs_ if k not in positional}
+        kwargs.update(dict(spec.fixed))
+        args = [arg(a) for a in args_] + [arg(v) for k, v in kwargs_ if k in positional]
+        return method(*args, **kwargs)
+    except PlanError:
+        raise
+    except _REFUSALS:
+        raise _refuse(fn) from None
+
+
+def _check_lengths(e: Call) -> None:
+    for name in _LENGTH_ARGS.get(e.fn, ()):
+        value = dict(e.kwargs).get(name)
+        if isinstance(value, int) and not 0 <= value <= MAX_TEXT_LENGTH:
+            raise _refuse(e.fn, f"`{name}` must be between 0 and {MAX_TEXT_LENGTH}")
+
+
+def _literal(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_literal(v) for v in value)
+    if isinstance(value, dict):
+        return all(_literal(v) for v in value.values())
+    if isinstance(value, Expr):
+        return isinstance(value, Lit)
+    return True
+
+
+def _probe(fn: str, args_: tuple[Any, ...], kwargs_: tuple[tuple[str, Any], ...]) -> None:
+    """Refuse arguments polars rejects whatever the values (see the module docstring).
+
+    Only calls whose arguments are all literals are tried (the result is cached
+    per call): on one literal per plausible receiver type, and refused only
+    when every one fails, so a method that fits some type is never refused
+    here for the type it happens to get (that is a schema question).
+    """
+    if not all(_literal(a) for a in args_) or not all(_literal(v) for _, v in kwargs_):
+        return
+    try:
+        key = (fn, args_, kwargs_)
+        hash(key)
+    except TypeError:
+        return
+    if not _probe_cached(*key):
+        raise _refuse(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe_cached(fn: str, args_: tuple[Any, ...], kwargs_: tuple[tuple[str, Any], ...]) -> bool:
+    spec = spec_for(fn)
+    values = _PROBES.get(fn.split(".", 1)[0] if "." in fn else "", _PROBES[""])
+    for value in values:
+        column = pl.DataFrame({"x": [value, value, None]})  # a column like the owner's, with a null
+        try:
+            column.select(_call(pl.col("x"), fn, spec, args_, kwargs_))
+            return True
+        except PlanError:
+            raise  # the builder itself refuses the arguments, for every type
+        except _REFUSALS:
+            continue
+    return False
+
+
+def _sample(dtype: Any) -> list[Any] | None:
+    """Two made-up values and a null of `dtype` (None when the type is not one a probe can fake)."""
+    base = dtype.base_type() if hasattr(dtype, "base_type") else dtype
+    if dtype.is_integer():
+        return [1, 2, None]
+    if dtype.is_float():
+        return [1.5, 2.5, None]
+    if base == pl.String or base == pl.Categorical:
+        return ["10100", "a", None]
+    if base == pl.Boolean:
+        return [True, False, None]
+    if base == pl.Date:
+        return [_dt.date(2000, 1, 31), _dt.date(1960, 6, 15), None]
+    if base == pl.Datetime:
+        return [_dt.datetime(2000, 1, 31, 12), _dt.datetime(1960, 6, 15), None]
+    if base == pl.Duration:
+        return [_dt.timedelta(days=1), _dt.timedelta(hours=5), None]
+    if base == pl.Time:
+        return [_dt.time(12, 30), _dt.time(1), None]
+    return None
+
+
+def probe(e: Expr, dtypes: dict[str, Any]) -> None:
+    """Run `e` on three made-up rows with the columns' real types; refuse what polars refuses there.
+
+    Why: polars checks some types only when a row reaches the operation, so on
+    the owner's data "error or not" would depend on which rows a filter kept.
+    On made-up rows the answer is the same whatever the data holds.
+    """
+    from .plan import walk
+
+    names = sorted({n.name for n in walk(e) if isinstance(n, Col)})
+    columns = {}
+    for name in names:
+        if name not in dtypes:
+            return
+        values = _sample(dtypes[name])
+        if values is None:
+            return  # a nested or exotic type: polars' schema check is all we have
+        columns[name] = pl.Series(name, values).cast(dtypes[name], strict=False)
+    frame = pl.DataFrame(list(columns.values())) if columns else pl.DataFrame({"_": [1, 2, None]})
+    try:
+        frame.select(expr(e))
+    except PlanError:
+        raise
+    except _REFUSALS:
+        raise PlanError(
+            "polars cannot compute this expression for these column types",
+            hint="check the types with .schema; .cast() converts (values that do not fit become null)",
+        ) from None
 
 
 def arg(value: Any) -> Any:

@@ -29,6 +29,9 @@ class BastionError(Exception):
 
     kind = "error"
     title = "BastionError"  # the label shown in the notebook; subclasses name themselves
+    # What to do instead when the raise site gave no hint: every error a person sees says
+    # what is allowed, not only what went wrong.
+    default_hint: str | None = None
 
     def __init__(
         self,
@@ -48,6 +51,14 @@ class BastionError(Exception):
             self.position = position
         return self
 
+    def effective_hint(self) -> str | None:
+        """The raise site's hint, else the kind's general advice."""
+        return self.hint or self.default_hint
+
+    def details(self) -> list[str]:
+        """Extra lines between the excerpt and the hint (policy errors name their rule)."""
+        return []
+
     def as_dict(self) -> dict[str, object]:
         """A structured form for tests and the audit log."""
         out: dict[str, object] = {"kind": self.kind, "message": self.message}
@@ -59,7 +70,14 @@ class BastionError(Exception):
         return out
 
     def render(self, source: str | None = None) -> str:
-        """The text shown in the notebook: position, excerpt with a caret, hint."""
+        """The text shown in the notebook, always in this shape::
+
+            Title (line L, column C): what went wrong
+                the offending line of the cell
+                      ^^^^^ under the offending token
+            Rule: ... (policy errors: the rule and the dataset it protects)
+            Hint: what is allowed instead
+        """
         head = f"{self.title}: {self.message}"
         lines = [head]
         if self.position is not None:
@@ -73,8 +91,10 @@ class BastionError(Exception):
                         width = self.position.end_col - self.position.col
                     lines.append("    " + text)
                     lines.append("    " + " " * self.position.col + "^" * max(1, min(width, max(1, len(text) - self.position.col))))
-        if self.hint:
-            lines.append(f"Hint: {self.hint}")
+        lines += self.details()
+        hint = self.effective_hint()
+        if hint:
+            lines.append(f"Hint: {hint}")
         return "\n".join(lines)
 
 
@@ -92,6 +112,7 @@ class GrammarError(BastionError):
     kind = "grammar"
 
     title = "GrammarError"
+    default_hint = "a cell holds assignments and allow-listed polars expressions; Tab completion lists them"
 
 
 class PlanError(BastionError):
@@ -100,6 +121,7 @@ class PlanError(BastionError):
     kind = "plan"
 
     title = "QueryError"
+    default_hint = "check the names and types with .columns and .schema; Shift+Tab on a method explains it"
 
 
 class PolicyError(BastionError):
@@ -125,6 +147,15 @@ class PolicyError(BastionError):
         self.rule = rule
         self.dataset = dataset
 
+    def effective_hint(self) -> str | None:
+        ds = self.dataset.split(",")[0] if self.dataset else None
+        general = f'policy("{ds}") explains the rules' if ds else "policy(\"<dataset>\") explains the rules"
+        return self.hint or general
+
+    def details(self) -> list[str]:
+        on = f" on dataset {self.dataset}" if self.dataset else ""
+        return [f"Rule: {self.rule}{on} (the owner's policy); nothing was released"]
+
     def as_dict(self) -> dict[str, object]:
         out = super().as_dict()
         out["rule"] = self.rule
@@ -139,6 +170,7 @@ class ExecutionError(BastionError):
     kind = "execution"
 
     title = "ExecutionError"
+    default_hint = "nothing was released and your variables are kept; simplify or aggregate the query and retry"
 
 
 class LimitError(BastionError):
@@ -147,6 +179,7 @@ class LimitError(BastionError):
     kind = "limit"
 
     title = "LimitError"
+    default_hint = "split the work over several cells, or aggregate before collecting"
 
 
 class ReviewError(BastionError):
@@ -155,6 +188,7 @@ class ReviewError(BastionError):
     kind = "review"
 
     title = "ReviewError"
+    default_hint = "requests() lists your review requests and their status"
 
 
 class AuditError(BastionError):
@@ -163,3 +197,19 @@ class AuditError(BastionError):
     kind = "audit"
 
     title = "AuditError"
+
+
+class RemoteError(BastionError):
+    """An error raised in the query worker, carried back to the kernel by title and message.
+
+    Why its own class: the worker sends errors as JSON (never pickled
+    exceptions), so the kernel rebuilds one that renders the same way.
+    """
+
+    kind = "execution"
+    title = "ExecutionError"
+
+    def __init__(self, message: str, *, title: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        if title:
+            self.title = title

@@ -13,12 +13,19 @@ Bookkeeping columns (all under the reserved prefix, unreachable by users):
   value derived from it later is still checked for singling out;
 - ``__bastion_ok`` / ``__bastion_sup``: after an aggregation at the root of a
   query, whether each group holds enough individuals, and how many of its
-  cells were suppressed, so the release can say how much it withheld.
+  cells were suppressed, so the release can say how much it withheld;
+- ``__bastion_cov<N>``: after such an aggregation, which individuals each group
+  covered (sorted unit ids per unit column, with the conditions inside its
+  values as bits), so the release can be checked against the user's earlier
+  ones (`policy.history`). It lives in `Frame.preds` while the frame is
+  pending and is dropped with ``__bastion_ok`` by `materialize`.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +35,7 @@ from . import compile as C
 from .config import RESERVED_PREFIX, DatasetConfig
 from .errors import PlanError, Position
 from .plan import (
-    OK_COLUMN, SUPPRESSED_COLUMN, Call, Col, ColumnInfo, Expr, Frame, Step, Unit, Violation, is_reserved, walk,
+    OK_COLUMN, SUPPRESSED_COLUMN, Call, Col, ColumnInfo, Expr, Frame, Step, Unit, Violation, When, is_reserved, walk,
 )
 from .policy import rules
 from .sources import scan
@@ -113,12 +120,48 @@ def source(ds: DatasetConfig, ctx: Ctx) -> Frame:
     return Frame(Step("scan", (), (ds.name,)), columns, (unit,), frozenset({ds.name}), lf)
 
 
+COVER_KIND = "cov"
+
+
+def is_cover(name: str) -> bool:
+    """A cover column: which individuals each aggregated group covered (see the module docstring)."""
+    return name.startswith(f"{RESERVED_PREFIX}_{COVER_KIND}")
+
+
 def materialize(frame: Frame) -> Frame:
     """Drop groups below the threshold now, before anything else can look at them."""
     if not frame.pending:
         return frame
-    lf = frame.lf.filter(pl.col(OK_COLUMN)).drop([OK_COLUMN, SUPPRESSED_COLUMN])
-    return frame.evolve(lf=lf, pending=False)
+    covers = [p for p in frame.preds if is_cover(p)]
+    lf = frame.lf.filter(pl.col(OK_COLUMN)).drop([OK_COLUMN, SUPPRESSED_COLUMN, *covers])
+    # A step of its own keeps the pending frame (and its cover column) reachable for `cover_roots`.
+    return frame.evolve(step=Step("materialize", (frame,), ()), lf=lf, pending=False,
+                        preds=tuple(p for p in frame.preds if not is_cover(p)))
+
+
+def cover_roots(frame: Frame) -> list[tuple[Frame, str]]:
+    """Every aggregation over individuals `frame` is computed from, with its cover column.
+
+    Why walk the plan: a result computed from aggregated rows (a filter, head
+    or join after `group_by`) shows a function of that aggregation's groups,
+    so the release checks all of them; `frame` itself, when still pending,
+    carries the cover of exactly the rows it releases.
+    """
+    out: list[tuple[Frame, str]] = []
+    seen: set[int] = set()
+    stack = [frame]
+    while stack:
+        f = stack.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        inputs = f.step.inputs
+        if f.pending and inputs and inputs[0].row_level:
+            name = next((p for p in f.preds if is_cover(p)), None)
+            if name is not None:
+                out.append((f, name))
+        stack.extend(inputs)
+    return out
 
 
 def _dataset(frame: Frame) -> str | None:
@@ -359,6 +402,10 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     agg_exprs = [C.expr(a) for a in aggs]
     extra = [c.alias(n) for c, n in zip(cells, cell_names) if c is not None and n is not None]
     extra.append((group_ok if group_ok is not None else pl.lit(True)).alias(OK_COLUMN))
+    masks = _cover_masks(aggs, frame.columns)
+    cover_lists, cover_fields = _cover_lists(frame.units, masks, ctx, grouped=bool(keys))
+    extra += cover_lists
+    cover = ctx.fresh(COVER_KIND)
     key_exprs = [C.expr(k) for k in keys]
     if keys:
         lf = frame.lf.group_by(key_exprs, maintain_order=maintain_order).agg([*agg_exprs, *extra])
@@ -375,13 +422,116 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     if suppress:
         lf = lf.with_columns(suppress)
     lf = lf.with_columns(sup_count.alias(SUPPRESSED_COLUMN))
-    lf = lf.select([*map(pl.col, out_names), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
+    lf = lf.with_columns(pl.struct([*cover_fields, *_released_words(masks, cell_names)]).alias(cover))
+    lf = lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
     columns = {n: ColumnInfo(t) for n, t in outs}
     out = Frame(
         Step(verb, (frame,), (tuple(keys), tuple(aggs))), columns, (), frame.datasets, lf,
-        preds=(), violations=violations, aggregated=True, pending=True,
+        preds=(cover,), violations=violations, aggregated=True, pending=True,
     )
     return _finish(out, ctx)
+
+
+Mask = tuple[pl.Expr, tuple[int, ...]]
+
+
+def _conditions(node: Expr) -> list[Expr]:
+    """The conditions that decide which individuals a value covers: each condition not
+    nested in another one (`x.filter(c)`, `when(c)`, `x * (c)`, a `null_count`'s nulls).
+
+    Why only the outermost: `x.filter(A & B)` covers the individuals where
+    `A & B` holds; `A` alone is no part of the value (the split check still
+    makes each part leave k individuals on both sides).
+    """
+    if rules.is_predicate(node):
+        return [node]
+    out: list[Expr] = []
+    if isinstance(node, When):
+        for cond, value in node.branches:
+            if rules.referenced(cond):
+                out.append(cond)
+            out += _conditions(value)
+        if node.otherwise is not None:
+            out += _conditions(node.otherwise)
+        return out
+    if isinstance(node, Call) and node.fn == "filter":
+        pred = dict(node.kwargs).get("predicate", node.args[0] if node.args else None)
+        if isinstance(pred, Expr) and rules.referenced(pred):
+            out.append(pred)
+        return out + _conditions(node.recv)
+    if isinstance(node, Call) and node.fn == "null_count":
+        out.append(Call("is_null", node.recv))
+    for child in node.children():
+        out += _conditions(child)
+    return out
+
+
+def _cover_masks(aggs: list[Expr], columns: dict[str, ColumnInfo]) -> list[Mask]:
+    """Each distinct condition inside the aggregates, with the values (cells) that use it.
+
+    A value over one side of a condition covers only that side's individuals,
+    so each side is a set the history compares. A boolean column computed
+    from conditions in an earlier cell is itself the condition; any other
+    column computed from conditions brings all of their flags (more sets,
+    never fewer). Null-skipping alone is not a condition: missing values add
+    nothing to a sum or mean, and how many are missing is the null_count
+    rule's business.
+    """
+    found: dict[tuple[str, Any], tuple[pl.Expr, list[int]]] = {}
+    for cell, a in enumerate(aggs):
+        keyed: list[tuple[tuple[str, Any], pl.Expr]] = [
+            (("expr", c), C.expr(rules.aligned(c)).fill_null(False)) for c in _conditions(a)
+        ]
+        for name in sorted(rules.referenced(a)):
+            info = columns[name]
+            if info.preds and info.dtype == pl.Boolean:
+                keyed.append((("expr", Col(name)), pl.col(name).fill_null(False)))
+            elif info.preds:
+                keyed += [(("flag", q), pl.col(q)) for q in sorted(info.preds)]
+        for key, mask in keyed:
+            users = found.setdefault(key, (mask, []))[1]
+            if cell not in users:
+                users.append(cell)
+    return [(mask, tuple(users)) for mask, users in found.values()]
+
+
+def _bits(flags: list[pl.Expr]) -> list[pl.Expr]:
+    """Boolean flags packed into UInt64 words, bit i of word i // 64."""
+    words = []
+    for w in range(0, len(flags), 64):
+        terms = [pl.when(f).then(pl.lit(1 << (i - w), pl.UInt64)).otherwise(pl.lit(0, pl.UInt64))
+                 for i, f in enumerate(flags[w:w + 64], start=w)]
+        words.append(functools.reduce(operator.add, terms))
+    return words
+
+
+def _cover_lists(units: tuple[Unit, ...], masks: list[Mask], ctx: Ctx, *,
+                 grouped: bool) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """Aggregations listing each group's unit ids (sorted) with their rows' condition bits,
+    and the struct fields that read them back."""
+    lists: list[pl.Expr] = []
+    fields: list[pl.Expr] = []
+    words = _bits([m for m, _ in masks])
+    for j, u in enumerate(units):
+        ids = pl.col(u.column).filter(pl.col(u.column).is_not_null())
+        parts = [(f"u{j}", ids.sort())]
+        parts += [(f"b{j}_{w}", word.filter(pl.col(u.column).is_not_null()).sort_by(ids))
+                  for w, word in enumerate(words)]
+        for field, e in parts:
+            name = ctx.fresh("t")
+            lists.append((e if grouped else e.implode()).alias(name))
+            fields.append(pl.col(name).alias(field))
+    return lists, fields
+
+
+def _released_words(masks: list[Mask], cell_names: list[str | None]) -> list[pl.Expr]:
+    """Per group: bit i set when a value using condition i was released (not suppressed)."""
+    shown = [
+        functools.reduce(operator.or_, [pl.col(n) if (n := cell_names[c]) is not None else pl.lit(True)
+                                        for c in users])
+        for _, users in masks
+    ]
+    return [word.alias(f"m{w}") for w, word in enumerate(_bits(shown))]
 
 
 def _out_names_agg(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx) -> list[tuple[str, Any]]:

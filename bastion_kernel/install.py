@@ -31,7 +31,10 @@ def kernel_json(config: str | None = None) -> dict[str, Any]:
         "display_name": "Bastion",
         "language": "python",
         "interrupt_mode": "signal",
-        "metadata": {"debugger": False},
+        # CurveZMQ between the server and the kernel when the server asks for it (the lock-down
+        # sets transport_encryption = "auto"): without it any local user who can reach the
+        # kernel's ports could subscribe to its output. Servers that do not ask are unaffected.
+        "metadata": {"debugger": False, "supported_encryption": ["curve"]},
     }
     if config is not None:
         spec["env"] = {ENV_VAR: config}

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import frames as F
+from .charts import Chart, PlotAccessor
 from .errors import GrammarError, PlanError, Position
 from .grammar import suggest
 from .grammar.allowlists import (
-    DTYPES, EXPR_METHODS, FRAME_AGG_VERBS, FRAME_PROPERTIES, FRAME_VERBS, GROUPBY_VERBS, HORIZONTAL, NAMESPACES,
-    PL_FUNCTIONS, PL_SHORTHAND_AGGS, RELEASED_METHODS, RELEASED_PROPERTIES, SESSION_FUNCTIONS, MethodSpec, Param,
+    DTYPES, EXPR_METHODS, FRAME_AGG_VERBS, FRAME_NAMESPACES, FRAME_PLOT_METHODS, FRAME_PROPERTIES, FRAME_VERBS,
+    GROUPBY_VERBS, HORIZONTAL, NAMESPACES, PL_FUNCTIONS, PL_SHORTHAND_AGGS, PLOT_METHODS, RELEASED_METHODS,
+    RELEASED_PROPERTIES, SESSION_FUNCTIONS, MethodSpec, Param,
 )
 import polars as pl
 
@@ -55,7 +57,7 @@ class Bound:
 
     recv: Any
     name: str
-    table: str  # frame | groupby | expr | ns:<ns> | pl | session | released | when | dtype
+    table: str  # frame | groupby | expr | ns:<ns> | pl | session | released | when | dtype | plot
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,9 @@ class Interpreter:
         if isinstance(func, DType):
             return self.make_dtype(func, args, kwargs, node)
         if not isinstance(func, Bound):
-            raise PlanError(f"{_kind(func)} cannot be called", position=self.at(node))
+            hint = "choose a chart: .plot.bar(x=..., y=...), .line, .point; on a frame .plot.hist(\"column\")" \
+                if isinstance(func, PlotAccessor) else None
+            raise PlanError(f"{_kind(func)} cannot be called", hint=hint, position=self.at(node))
         handler = _CALLS[func.table]
         return handler(self, func, args, kwargs, node)  # type: ignore[arg-type]
 
@@ -237,7 +241,11 @@ class Interpreter:
                 return self.session.frame_property(value, name, self.source)
             if name in FRAME_VERBS:
                 return Bound(value, name, "frame")
-            return self.unknown(name, [*FRAME_VERBS, *FRAME_PROPERTIES], "a frame", node)
+            if name in FRAME_NAMESPACES:
+                return PlotAccessor(value)
+            return self.unknown(name, [*FRAME_VERBS, *FRAME_PROPERTIES, *FRAME_NAMESPACES], "a frame", node)
+        if isinstance(value, PlotAccessor):
+            return self.plot_method(value, name, node)
         if isinstance(value, GroupBy):
             if name in GROUPBY_VERBS:
                 return Bound(value, name, "groupby")
@@ -272,8 +280,22 @@ class Interpreter:
             position=self.at(node),
         )
 
-    def unknown(self, name: str, options: list[str], where: str, node: ast.AST) -> Any:
-        hint = _ESCAPE_HINTS.get(name)
+    def plot_method(self, value: PlotAccessor, name: str, node: ast.AST) -> Bound:
+        """`.plot.<kind>`: released tables draw bar/line/point, frames only compute a histogram."""
+        on_frame = isinstance(value.target, Frame)
+        table = FRAME_PLOT_METHODS if on_frame else PLOT_METHODS
+        if name in table:
+            return Bound(value, name, "plot")
+        hint = None
+        if on_frame and name in PLOT_METHODS:
+            hint = f"a frame is not released yet: .collect() it first, then .plot.{name}(x=..., y=...)"
+        elif not on_frame and name in FRAME_PLOT_METHODS:
+            hint = f"histograms are computed from a frame: frame.plot.{name}(\"column\", bins=20)"
+        hint = hint or suggest(name, list(table)) or f"charts here: {', '.join(table)}"
+        return self.unknown(name, list(table), "the .plot namespace", node, hint=hint)
+
+    def unknown(self, name: str, options: list[str], where: str, node: ast.AST, *, hint: str | None = None) -> Any:
+        hint = hint or _ESCAPE_HINTS.get(name)
         if name.startswith(("read_", "scan_", "write_", "sink_")):
             hint = "Bastion never reads or writes files; the datasets are predefined names"
         hint = hint or suggest(name, options) or f"see Tab completion for what {where} offers"
@@ -587,6 +609,15 @@ def _call_released(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str,
     return it.session.call_released(b.recv, b.name, args, kwargs, it)
 
 
+def _call_plot(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, Any], node: ast.AST) -> Any:
+    accessor: PlotAccessor = b.recv
+    if isinstance(accessor.target, Frame):
+        p = it.bind(FRAME_PLOT_METHODS[b.name].params, args, kwargs, f".plot.{b.name}()")
+        return it.session.plot_histogram(accessor.target, p, it)
+    p = it.bind(PLOT_METHODS[b.name].params, args, kwargs, f".plot.{b.name}()")
+    return it.session.plot_released(accessor.target, b.name, p, it)
+
+
 def _call_groupby(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, Any], node: ast.AST) -> Frame:
     g: GroupBy = b.recv
     keys = list(g.keys)
@@ -602,6 +633,11 @@ def _call_groupby(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, 
         key_names = {k.name for k in keys if isinstance(k, Col)}
         others = [n for n in g.frame.columns if n not in key_names and not g.frame.columns[n].masked]
         aggs = [Call(b.name, Col(n)) for n in others]
+        if b.name in ("sum", "mean", "std", "var", "median"):  # numbers only, as for the frame-wide verbs
+            aggs = [a for a in aggs if _numeric(g.frame, a)]
+        if not aggs:
+            raise PlanError(f".{b.name}(): no unmasked columns to summarise besides the keys",
+                            hint=".agg(...) names the aggregates, e.g. .agg(pl.len())", position=it.at(node))
     return F.aggregate(g.frame, keys, aggs, it.ctx, maintain_order=g.maintain_order)
 
 
@@ -692,7 +728,7 @@ def _call_frame(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, An
 
 _CALLS: dict[str, Callable[..., Any]] = {
     "pl": _call_pl, "expr": _call_expr, "when": _call_when, "session": _call_session,
-    "released": _call_released, "groupby": _call_groupby, "frame": _call_frame,
+    "released": _call_released, "groupby": _call_groupby, "frame": _call_frame, "plot": _call_plot,
 }
 
 _HANDLERS: dict[type, Callable[[Interpreter, Any], Any]] = {
@@ -730,6 +766,10 @@ def _kind(value: Any) -> str:
         return "the pl module"
     if isinstance(value, Bound):
         return f"the method `{value.name}`"
+    if isinstance(value, PlotAccessor):
+        return "the .plot namespace"
+    if isinstance(value, Chart):
+        return "a chart"
     if value is None:
         return "None"
     return f"a {type(value).__name__}"

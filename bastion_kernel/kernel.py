@@ -1,7 +1,11 @@
-"""The Jupyter protocol glue: hands each request to the `Session` and replies.
+"""The Jupyter protocol glue: hands each request to the query worker and replies.
 
-Why so thin: everything a cell means lives in `session.py`; this class only
-translates between Jupyter messages and session calls, refuses the protocol
+Why so thin: everything a cell means lives in `session.py`, which runs in a
+child process (`worker/`) so that a query past its time limit, stopped from
+JupyterLab, or over its memory cap can be killed without killing the kernel
+or losing the session's variables. This class only translates between
+Jupyter messages and worker requests, shows review requests as live widgets
+(comms live here, in the process JupyterLab talks to), refuses the protocol
 features a restricted kernel must not offer (subshells run cells on other
 threads; the debugger executes arbitrary code), and never lets an unexpected
 exception kill the kernel or quote data.
@@ -16,10 +20,12 @@ from typing import Any
 from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
-from . import __version__, assist, config
-from .display import bundle
+from . import __version__, config
 from .errors import BastionError, ConfigError
-from .session import Session
+from .release import ReviewPending
+from .review import ReviewRequest, ReviewStore
+from .review.widgets import Watcher
+from .worker import QueryWorker
 
 
 class BastionKernel(Kernel):
@@ -38,7 +44,34 @@ class BastionKernel(Kernel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         deployment = config.load()
-        self.bastion = Session(deployment, kernel_id=self.ident)
+        self.worker = QueryWorker(self.ident, deployment.limits)  # starts now; the first cell waits for it
+        self._install_comms()
+        worker = self.worker
+        self.reviews = Watcher(ReviewStore(deployment.state_dir), worker.fetch_html,
+                               lambda rid: ReviewRequest.from_dict(worker.cancel(rid)))
+
+    def _install_comms(self) -> None:
+        """Route comm messages, so widgets (and their button clicks) reach the kernel.
+
+        A wrapper kernel gets no comm manager from ipykernel, so we install
+        one and point the `comm` package at it (ipywidgets creates its comms
+        through `comm.create_comm`). Deny by default: the only target a
+        client may open is the widget *control* channel, which re-sends the
+        state of widgets the kernel itself created (a reopened notebook
+        restores them). ``jupyter.widget`` is not registered, so a client
+        cannot make the kernel instantiate widget classes of its choosing.
+        """
+        import comm
+        from ipykernel.comm import CommManager
+        from ipykernel.comm.comm import BaseComm
+
+        manager = CommManager(kernel=self)
+        self.comm_manager = manager
+        comm.get_comm_manager = lambda: manager
+        comm.create_comm = lambda *args, **kwargs: BaseComm(*args, **kwargs)
+        for msg_type in ("comm_open", "comm_msg", "comm_close"):
+            self.shell_handlers[msg_type] = getattr(manager, msg_type)
+        manager.register_target("jupyter.widget.control", _open_widget_control)
 
     @property
     def kernel_info(self) -> dict[str, Any]:
@@ -53,18 +86,62 @@ class BastionKernel(Kernel):
     ) -> dict[str, Any]:
         if not code.strip():
             return self._ok()
+        import uuid
+
+        from .display import progress_bundle
+        from .errors import ExecutionError
+        from .progress import Progress
+
+        # A cell running longer than a second shows its elapsed time (progress.py), updated in
+        # place. The reports come from a timer thread, so this request's parent header is
+        # captured here and passed explicitly; the session itself knows nothing of Jupyter.
+        parent = self.get_parent("shell")
+        display_id = f"bastion-progress-{uuid.uuid4().hex}"
+
+        def report(event: str, elapsed: float) -> None:
+            msg_type = "display_data" if event == "show" else "update_display_data"
+            content = {"data": progress_bundle(elapsed), "metadata": {}, "transient": {"display_id": display_id}}
+            self.session.send(self.iopub_socket, msg_type, content, parent)
+
+        progress = Progress(report)
+
+        def clear_progress(replaced: bool) -> None:
+            """The result replaces the progress line (clear on next output), or it just goes."""
+            if progress.shown and not silent:
+                self.send_response(self.iopub_socket, "clear_output", {"wait": replaced})
+
         try:
-            result = self.bastion.execute(code)
+            if silent:
+                result = self.worker.execute(code)
+            else:
+                with progress:
+                    result = self.worker.execute(code)
+        except BastionError as exc:  # time limit, stop button, memory cap: the worker was restarted
+            clear_progress(True)
+            return self._error(exc.title, exc.render(), silent)
+        except KeyboardInterrupt:  # an interrupt outside the worker wait (which reports its own)
+            clear_progress(True)
+            err = ExecutionError("the cell was interrupted; nothing was released", hint="your variables are kept")
+            return self._error(err.title, err.render(), silent)
         except Exception:  # noqa: BLE001 - a bug in Bastion must not kill the kernel or quote data
             self.log.error("internal error:\n%s", traceback.format_exc())
+            clear_progress(True)
             return self._error("InternalError", "Bastion hit an internal error; nothing was released. "
                                "Your variables are kept. The owner's logs have the details.", silent)
-        if result.error is not None:
-            return self._error(result.error.title, result.error.render(code), silent)
-        data = bundle(result.value)
+        if result["error"] is not None:
+            clear_progress(True)
+            return self._error(result["error"]["title"], result["error"]["text"], silent)
+        # A review request becomes a live widget; everything else is the worker's static bundle.
+        value = result["value_pending"]
+        data = self.reviews.show(ReviewPending(**value)) if value is not None else result["data"]
+        clear_progress(data is not None)
         if data is not None and not silent:
             self.send_response(self.iopub_socket, "execute_result",
                                {"execution_count": self.execution_count, "data": data, "metadata": {}})
+        if not silent:  # requests the cell made but does not display (`r = ...collect()`) get a widget too
+            for p in result["pending"]:
+                self.send_response(self.iopub_socket, "display_data",
+                                   {"data": self.reviews.show(ReviewPending(**p)), "metadata": {}})
         return self._ok()
 
     def _ok(self) -> dict[str, Any]:
@@ -88,11 +165,11 @@ class BastionKernel(Kernel):
         return {"status": "complete"}
 
     # ------------------------------------------------------------ completion and inspection
-    # Static text analysis only (see assist.py): the cell is never run and no data is read.
+    # Static text analysis only (see assist.py, run by the worker): no cell runs and no data is read.
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
         pos = len(code) if cursor_pos is None else cursor_pos
         try:
-            matches, start, end = assist.complete(code, pos, self.bastion)
+            matches, start, end = self.worker.complete(code, pos)
         except Exception:  # noqa: BLE001 - a suggestion is never worth an error
             self.log.warning("completion failed:\n%s", traceback.format_exc())
             matches, start, end = [], pos, pos
@@ -103,7 +180,7 @@ class BastionKernel(Kernel):
     ) -> dict[str, Any]:
         pos = len(code) if cursor_pos is None else cursor_pos
         try:
-            text = assist.inspect(code, pos, self.bastion)
+            text = self.worker.inspect(code, pos)
         except Exception:  # noqa: BLE001
             self.log.warning("inspection failed:\n%s", traceback.format_exc())
             text = None
@@ -112,10 +189,8 @@ class BastionKernel(Kernel):
         return {"status": "ok", "found": True, "data": {"text/plain": text}, "metadata": {}}
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
-        try:
-            self.bastion.close()
-        except BastionError:
-            pass
+        self.reviews.stop()
+        self.worker.close()  # the worker writes session_end, then is gone
         return {"status": "ok", "restart": restart}
 
     # ------------------------------------------------------------ refused protocol features
@@ -134,6 +209,13 @@ class BastionKernel(Kernel):
     def _refuse(self, socket: Any, ident: Any, parent: Any, reply_type: str, why: str) -> None:
         content = {"status": "error", "ename": "NotAvailable", "evalue": why, "traceback": []}
         self.session.send(socket, reply_type, content, parent, ident)
+
+
+def _open_widget_control(comm: Any, msg: dict[str, Any]) -> None:
+    """ipywidgets' control channel, imported only when a frontend asks for it."""
+    from ipywidgets import Widget
+
+    Widget.handle_control_comm_opened(comm, msg)
 
 
 def main() -> None:

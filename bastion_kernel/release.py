@@ -17,6 +17,7 @@ import polars as pl
 from .config import Limits
 from .errors import ExecutionError, LimitError, PolicyError
 from .plan import OK_COLUMN, SUPPRESSED_COLUMN, Frame, Violation
+from .policy.history import Cover, CoverPart
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Released:
     masked: tuple[str, ...] = ()
     source: str = "auto"  # "auto" | "review"
     request_id: str | None = None
+    # Which individuals the released rows covered (for the differencing check); never displayed.
+    cover: Cover | None = field(default=None, compare=False, repr=False)
 
     def digest(self) -> str:
         return digest(self.df)
@@ -42,6 +45,7 @@ class ReviewPending:
     request_id: str
     reason: str
     dataset: str
+    cell: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,13 @@ def _on_violation(frame: Frame, dataset: str) -> str:
 
 def run(lf: pl.LazyFrame) -> pl.DataFrame:
     """Collect, turning any polars failure into an error that quotes no data."""
+    return run_all([lf])[0]
+
+
+def run_all(lfs: list[pl.LazyFrame]) -> list[pl.DataFrame]:
+    """`run` for several queries at once (polars shares the work they have in common)."""
     try:
-        return lf.collect()
+        return pl.collect_all(lfs) if len(lfs) > 1 else [lfs[0].collect()]
     except KeyboardInterrupt:
         raise ExecutionError("the query was interrupted", hint="your variables are kept") from None
     except MemoryError:
@@ -112,17 +121,34 @@ def visible(frame: Frame) -> pl.LazyFrame:
 
 
 def release_aggregate(frame: Frame, limits: Limits) -> Released:
-    lf = frame.lf
+    """Run an aggregated frame; also collect which individuals its rows covered (see `Released.cover`).
+
+    A pending frame's own cover column holds exactly its released rows' sets;
+    every other aggregation the result was computed from counts with all its
+    groups (one extra query each, collected together with the result).
+    """
+    from .frames import cover_roots, is_cover
+
+    roots = cover_roots(frame)
+    own = next((p for p in frame.preds if is_cover(p)), None) if frame.pending else None
+    others = [(root, name) for root, name in roots if name != own]
+    extra = [root.lf.filter(pl.col(OK_COLUMN)).select(name) for root, name in others]
     withheld = suppressed = 0
+    parts: list[CoverPart] = []
     if frame.pending:
-        df = run(lf)
+        df, *extra_dfs = run_all([frame.lf, *extra])
         ok = df.get_column(OK_COLUMN)
         withheld = int((~ok).sum())
         suppressed = int(df.filter(ok).get_column(SUPPRESSED_COLUMN).sum() or 0)
-        df = df.filter(ok).drop([OK_COLUMN, SUPPRESSED_COLUMN])
+        df = df.filter(ok)
+        for root, name in roots:
+            if name == own:
+                parts.append(CoverPart(root.step.inputs[0].units, df.get_column(name)))
         df = df.select([pl.lit("*").alias(n) if i.masked else pl.col(n) for n, i in frame.columns.items()])
     else:
-        df = run(visible(frame).head(limits.max_release_rows + 1))
+        df, *extra_dfs = run_all([visible(frame).head(limits.max_release_rows + 1), *extra])
+    for i, ((root, name), rows) in enumerate(zip(others, extra_dfs)):
+        parts.append(CoverPart(root.step.inputs[0].units, rows.get_column(name), label=f"input aggregation {i + 1}"))
     if df.height > limits.max_release_rows:
         raise LimitError(
             f"the result has more than {limits.max_release_rows} rows (limit max_release_rows)",
@@ -134,7 +160,7 @@ def release_aggregate(frame: Frame, limits: Limits) -> Released:
     if suppressed:
         notes.append(f"{suppressed} value(s) were suppressed (shown as null): a condition inside the aggregate "
                      "left too few individuals on one side")
-    return Released(df, withheld, suppressed, tuple(notes), tuple(frame.masked_columns()))
+    return Released(df, withheld, suppressed, tuple(notes), tuple(frame.masked_columns()), cover=Cover(tuple(parts)))
 
 
 def snapshot(frame: Frame, limits: Limits) -> pl.DataFrame:

@@ -8,10 +8,11 @@ nothing: assignments are staged and committed only when every statement ran.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
@@ -25,7 +26,7 @@ from .grammar import parse_cell
 from .grammar.allowlists import Param
 from .interpreter import Interpreter
 from .plan import Call, Col, Frame, Len
-from .review import ReviewStore
+from .review import ReviewRequest, ReviewStore
 
 
 @dataclass
@@ -39,6 +40,9 @@ class CellResult:
     columns: list[str] = field(default_factory=list)
     output_digest: str | None = None
     error: BastionError | None = None
+    pending: list[R.ReviewPending] = field(default_factory=list)  # review requests this cell created
+    assigned: bool = False  # the cell assigned variables (a restarted worker replays it)
+    effects: list[Effect] = field(default_factory=list)  # what a replay must reproduce without re-running
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,50 @@ class Message:
     text: str
 
 
+@dataclass(frozen=True)
+class Effect:
+    """One release, review request, fetch or cancellation a cell caused, as data.
+
+    Why: when the query worker is restarted (timeout, interrupt, memory), the
+    cells that defined variables are replayed; each of these calls then
+    returns what it returned the first time instead of running a query,
+    creating a request or writing the audit log again.
+    """
+
+    kind: str  # "released" | "pending" | "request"
+    meta: dict[str, Any]
+    df: pl.DataFrame | None = None
+
+    @staticmethod
+    def of(value: Any) -> Effect:
+        if isinstance(value, R.Released):
+            meta = {"withheld_groups": value.withheld_groups, "suppressed_cells": value.suppressed_cells,
+                    "notes": list(value.notes), "masked": list(value.masked), "source": value.source,
+                    "request_id": value.request_id}
+            return Effect("released", meta, value.df)
+        if isinstance(value, R.ReviewPending):
+            return Effect("pending", {"request_id": value.request_id, "reason": value.reason,
+                                      "dataset": value.dataset, "cell": value.cell})
+        if isinstance(value, ReviewRequest):
+            return Effect("request", value.to_dict())
+        raise TypeError(type(value).__name__)
+
+    def value(self) -> Any:
+        m = self.meta
+        if self.kind == "released":
+            assert self.df is not None
+            return R.Released(self.df, m["withheld_groups"], m["suppressed_cells"], tuple(m["notes"]),
+                              tuple(m["masked"]), m["source"], m["request_id"])
+        if self.kind == "pending":
+            return R.ReviewPending(m["request_id"], m["reason"], m["dataset"], m["cell"])
+        if self.kind == "request":
+            return ReviewRequest.from_dict(m)
+        raise ValueError(self.kind)
+
+
 class Session:
     def __init__(self, deployment: Deployment, *, user: str | None = None, kernel_id: str | None = None,
-                 notebook_path: str | None = None) -> None:
+                 notebook_path: str | None = None, resume_session: str | None = None) -> None:
         self.deployment = deployment
         self.user = user or current_user()
         self.limits = deployment.limits
@@ -58,11 +103,15 @@ class Session:
         self.namespace: dict[str, Any] = {}
         self.ctx = F.Ctx(itertools.count())
         self.store = ReviewStore(deployment.state_dir)
-        self.audit = AuditLog.open_session(
-            deployment.state_dir, user=self.user, kernel_id=kernel_id or uuid.uuid4().hex,
-            notebook_path=notebook_path or os.environ.get("JPY_SESSION_NAME"), config_digest=deployment.digest,
-        )
+        if resume_session is not None:  # a restarted query worker continues its kernel's audit session
+            self.audit = AuditLog.resume(deployment.state_dir, resume_session)
+        else:
+            self.audit = AuditLog.open_session(
+                deployment.state_dir, user=self.user, kernel_id=kernel_id or uuid.uuid4().hex,
+                notebook_path=notebook_path or os.environ.get("JPY_SESSION_NAME"), config_digest=deployment.digest,
+            )
         self._last: CellResult | None = None
+        self._replay: list[Effect] | None = None  # set while replaying a cell after a worker restart
 
     # ------------------------------------------------------------ cells
     def execute(self, source: str) -> CellResult:
@@ -74,6 +123,7 @@ class Session:
             value = it.run(tree)
             result = self._last
             result.value = value
+            result.assigned = any(isinstance(stmt, ast.Assign) for stmt in tree.body)
         except BastionError as exc:
             result = self._last
             result.value = None
@@ -86,20 +136,52 @@ class Session:
             result = self._last
             result.error = LimitError("the cell nests too deeply (limit max_depth)")
             result.outcome, result.reason = "refused", result.error.message
-        self.audit.record(
-            "cell", source=source, outcome=result.outcome, reason=result.reason, rows=result.rows,
-            columns=result.columns, output_digest=result.output_digest,
-        )
+        if self._replay is None:
+            self.audit.record(
+                "cell", source=source, outcome=result.outcome, reason=result.reason, rows=result.rows,
+                columns=result.columns, output_digest=result.output_digest,
+            )
         return result
+
+    def replay(self, source: str, effects: list[Effect]) -> bool:
+        """Re-run a cell that succeeded before, with its recorded effects; True if it rebuilt its variables."""
+        self._replay = list(effects)
+        try:
+            result = self.execute(source)
+            return result.error is None and not self._replay
+        finally:
+            self._replay = None
+
+    def _effect(self, run: Any) -> Any:
+        """Run a side-effecting call and record it, or, when replaying, answer what it answered then."""
+        if self._replay is not None:
+            if not self._replay:
+                raise PlanError("this cell does something new on replay; run it again")
+            value = self._replay.pop(0).value()
+            if isinstance(value, R.Released):
+                self._note_release(value)
+            return value
+        value = run()
+        assert self._last is not None
+        self._last.effects.append(Effect.of(value))
+        return value
 
     # ------------------------------------------------------------ releases
     def release(self, frame: Frame, source: str) -> Any:
+        """Released, ReviewPending, or a PolicyError: the policy's answer for `frame`."""
+        return self._effect(lambda: self._release_now(frame, source))
+
+    def _release_now(self, frame: Frame, source: str) -> Any:
         decision = R.decide(frame)
         assert self._last is not None
         if decision.auto:
             released = R.release_aggregate(frame, self.limits)
-            self._note_release(released)
-            return released
+            held = self._differencing(released, source)
+            if held is None:
+                released = replace(released, cover=None)  # now in the history; do not keep the sets in memory
+                self._note_release(released)
+                return released
+            decision = held  # too close to an earlier release: review or reject like any violation
         if decision.on_violation == "reject":
             self._last.outcome = "refused"
             raise R.refusal(decision)
@@ -110,7 +192,27 @@ class Session:
                                 reason=reason, snapshot=snap)
         self.audit.record("review_request", request_id=rid, dataset=dataset, reason=reason)
         self._last.outcome, self._last.reason = "review", reason
-        return R.ReviewPending(rid, reason, dataset)
+        pending = R.ReviewPending(rid, reason, dataset, source)
+        self._last.pending.append(pending)
+        return pending
+
+    def _differencing(self, released: R.Released, source: str) -> R.Decision | None:
+        """Check an automatic release against this user's release history (`policy.history`).
+
+        None: nothing too close, and the release is now part of the history.
+        Otherwise the decision that holds it back, naming the earlier release.
+        """
+        from .policy.history import open_store
+
+        if released.cover is None:
+            return None
+        finding = open_store(self.deployment.state_dir).check_and_record(
+            user=self.user, session_id=self.audit.session_id, cell=source, cover=released.cover,
+            datasets=self.deployment.datasets, rows=released.df.height,
+        )
+        if finding is None:
+            return None
+        return R.Decision(auto=False, reasons=(finding.violation(),), on_violation=finding.on_violation)
 
     def _note_release(self, released: R.Released) -> None:
         assert self._last is not None
@@ -159,12 +261,13 @@ class Session:
     def call_function(self, name: str, args: list[Any], kwargs: dict[str, Any], it: Interpreter) -> Any:
         if name == "fetch":
             p = it.bind((Param("request_id", "str", True),), args, kwargs, "fetch()")
-            df = self.store.fetch(p["request_id"], user=self.user)
-            self.audit.record("fetch", request_id=p["request_id"])
-            released = R.Released(df, source="review", request_id=p["request_id"],
-                                  notes=(f"released by the owner after review of {p['request_id']}",))
+            released = self._effect(lambda: self.fetch_approved(p["request_id"]))
             self._note_release(released)
             return released
+        if name == "cancel":
+            p = it.bind((Param("request_id", "str", True),), args, kwargs, "cancel()")
+            req = self._effect(lambda: self.cancel_request(p["request_id"]))
+            return Message(f"{req.id} cancelled; the owner will not see it as pending any more")
         if name == "requests":
             it.bind((), args, kwargs, "requests()")
             reqs = self.store.list(status=None, user=self.user)
@@ -205,6 +308,27 @@ class Session:
                             position=it.position)
         raise AssertionError(name)
 
+    # ------------------------------------------------------------ review requests
+    def fetch_approved(self, request_id: str, *, via: str = "cell") -> R.Released:
+        """The owner-approved snapshot of one of this user's requests, audited as a fetch.
+
+        Used by `fetch("ID")` and by the pending widget when it sees the approval.
+        """
+        df = self.store.fetch(request_id, user=self.user)
+        self.audit.record("fetch", request_id=request_id, via=via, rows=df.height, columns=df.columns,
+                          output_digest=R.digest(df))
+        masked = tuple(c for c in df.columns
+                       if df.height and df.schema[c] == pl.String and df.get_column(c).eq("*").all())
+        return R.Released(df, source="review", request_id=request_id, masked=masked,
+                          notes=(f"released by the owner after review of {request_id}",))
+
+    def cancel_request(self, request_id: str) -> ReviewRequest:
+        """Withdraw one of this user's pending requests; audited like an owner's decision."""
+        req = self.store.cancel(request_id, by=self.user)
+        self.audit.record("review_decision", request_id=req.id, decision="cancelled", by=self.user,
+                          reason=None, decided_at=req.decided_at)
+        return req
+
     def explain_policy(self, name: str, it: Interpreter) -> str:
         ds = self.visible_datasets.get(name)
         if ds is None:
@@ -234,6 +358,10 @@ class Session:
                      "width": lambda: df.width}
             if name in props:
                 return props[name]()
+            if name == "plot":
+                from .charts import PlotAccessor
+
+                return PlotAccessor(value)
         return None
 
     def call_released(self, value: R.Released, name: str, args: list[Any], kwargs: dict[str, Any],
@@ -247,14 +375,14 @@ class Session:
         if name in ("head", "tail"):
             p = it.bind((Param("n", "int"),), args, kwargs, f".{name}()")
             n = p.get("n", 5)
-            return R.Released(df.head(n) if name == "head" else df.tail(n), notes=value.notes, source=value.source)
+            # dataclasses.replace keeps what the release knew (masked columns, notes, source)
+            return replace(value, df=df.head(n) if name == "head" else df.tail(n))
         if name == "sort":
             p = it.bind((Param("by", "strs", True), Param("descending", "bool")), args, kwargs, ".sort()")
             for c in p["by"]:
                 if c not in df.columns:
                     raise PlanError(f"no column `{c}` in this result", position=it.position)
-            return R.Released(df.sort(p["by"], descending=p.get("descending", False)), notes=value.notes,
-                              source=value.source)
+            return replace(value, df=df.sort(p["by"], descending=p.get("descending", False)))
         if name == "to_dicts":
             it.bind((), args, kwargs, ".to_dicts()")
             return df.to_dicts()
@@ -262,6 +390,71 @@ class Session:
 
     def close(self) -> None:
         self.audit.close()
+
+    # ------------------------------------------------------------ charts (specs in charts.py)
+    def plot_released(self, value: R.Released, kind: str, params: dict[str, Any], it: Interpreter) -> Any:
+        """`released.plot.bar/line/point(...)`: a view of rows already released; nothing runs."""
+        from . import charts
+
+        try:
+            return charts.chart(value, kind, **params)
+        except BastionError as exc:
+            raise exc.with_position(it.position) from None
+
+    def plot_histogram(self, frame: Frame, params: dict[str, Any], it: Interpreter) -> Any:
+        """`frame.plot.hist(column, bins=, range=)`: rows per bin, released like any aggregate.
+
+        The bins are fixed before the counting query runs: by `range`, or else by
+        the column's mean ± 3 std, themselves an auto-released aggregate (never
+        min/max, which would be one individual's value). The counts are a
+        `group_by` over the bin edge through `release`, so bins with fewer than
+        the minimum number of individuals are withheld (drawn as gaps), and a
+        deployment that reviews or rejects the query does so here too.
+        """
+        from . import charts
+
+        try:
+            column = params["column"]
+            dataset = ",".join(sorted(frame.datasets)) or None
+            charts.check_hist_column(frame.columns, column, dataset)
+            n = charts.check_bins(params.get("bins"))
+            span = charts.check_range(params.get("range"))
+            integer = frame.columns[column].dtype.is_integer()
+            extra: tuple[str, ...]
+            if span is not None:
+                bins = charts.make_bins(span[0], span[1], n, integer=integer)
+                extra = (charts.range_note(bins, column, "range as given"),)
+            else:
+                mean, std = self._hist_stats(frame, column, it)
+                bins = charts.nice_bins(mean, std, n, integer=integer)
+                extra = (charts.range_note(bins, column, f"from the released mean {mean:.6g} ± 3 × std {std:.6g}"),)
+            kept = F.filter_(frame, [charts.range_predicate(column, bins)], self.ctx)
+            query = F.aggregate(kept, [charts.bin_key(column, bins)], [charts.count_agg()], self.ctx)
+            out = self.release(query, it.source)
+            if not isinstance(out, R.Released):
+                return out  # a review request (or nothing shown): the normal policy path
+            chart = charts.histogram(out, column, bins, title=params.get("title"), notes=out.notes + extra,
+                                     full_axis=span is not None)
+        except BastionError as exc:
+            raise exc.with_position(it.position) from None
+        # The audit records the table actually drawn, with every note (including the range's source).
+        self._note_release(R.Released(chart.table, out.withheld_groups, out.suppressed_cells, chart.notes))
+        return chart
+
+    def _hist_stats(self, frame: Frame, column: str, it: Interpreter) -> tuple[float, float]:
+        """mean and std of `column`, released automatically or not at all (no review request for a chart)."""
+        exprs = [Call("alias", Call(s, Col(column)), (s,)) for s in ("mean", "std")]
+        stats = F.select(frame, exprs, self.ctx)
+        decision = R.decide(stats)
+        if not decision.auto:
+            raise PlanError(f"the bins cannot be chosen from this frame's data ({decision.text()})",
+                            hint="give them yourself: .plot.hist(column, bins=20, range=[lo, hi])")
+        out = self.release(stats, it.source)
+        row = out.df.row(0, named=True) if isinstance(out, R.Released) and out.df.height else None
+        if row is None or row["mean"] is None or row["std"] is None:
+            raise PlanError("too few individuals to choose the bins from the data",
+                            hint="give them yourself: .plot.hist(column, bins=20, range=[lo, hi])")
+        return float(row["mean"]), float(row["std"])
 
 
 def _as_float(v: Any) -> float | None:

@@ -39,6 +39,10 @@ class BastionKernelTests(jupyter_kernel_test.KernelTests):
         },
         {"code": 'policy("patients")', "mime": "text/plain"},
         {"code": 'patients.group_by("region").agg(pl.len()).collect()', "mime": "text/html"},
+        # a chart of a released aggregate, and a histogram computed through the policy
+        {"code": 'patients.group_by("region").agg(pl.len()).collect().plot.bar(x="region", y="len")',
+         "mime": "application/vnd.vegalite.v5+json"},
+        {"code": 'patients.plot.hist("age", bins=10, range=[0, 100])', "mime": "application/vnd.vegalite.v5+json"},
     ]
     code_generate_error = "import os"
 
@@ -46,8 +50,14 @@ class BastionKernelTests(jupyter_kernel_test.KernelTests):
     incomplete_code_samples = ["x = (", "patients.select(\n"]
     invalid_code_samples = ["x = )", "1 +* 2"]
 
-    # The suite compares the set of matches exactly: every allow-listed pl.* name starting with "co".
-    completion_samples = [{"text": "pl.co", "matches": {"col", "concat_str", "coalesce", "count"}}]
+    # The suite compares the set of matches exactly: every allow-listed name with the prefix.
+    completion_samples = [
+        {"text": "pl.co", "matches": {"col", "concat_str", "coalesce", "count"}},
+        {"text": "patients.gro", "matches": {"group_by"}},
+        {"text": "patients.plot.", "matches": {"hist"}},
+        {"text": 'patients.select(pl.col("re', "matches": {"region"}},
+        {"text": "pl.col('age').str.to_u", "matches": {"to_uppercase"}},
+    ]
     code_inspect_sample = "patients"
 
     _tmp: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from bastion_kernel.errors import PolicyError, Position
+from bastion_kernel.errors import PlanError, PolicyError, Position
 from bastion_kernel.plan import BinOp, Call, Col, ColumnInfo, DType, Func, Len, Lit, UnOp, When
 from bastion_kernel.policy import rules
 
@@ -428,13 +428,80 @@ ROW_EXPR_ROWS = [
     ("over", call("over", call("sum", X), partition_by=(S,)), ["row-broadcast"]),
     ("shift", call("shift", X), ["row-broadcast"]),
     ("implode", call("implode", X), ["row-broadcast"]),
-    ("filter", filt(X, ID_IS_5), ["row-broadcast"]),
+    ("filter-reduced", call("sum", filt(X, ID_IS_5)), ["row-broadcast"]),
 ]
 
 
 @pytest.mark.parametrize("node,expected", [r[1:] for r in ROW_EXPR_ROWS], ids=[r[0] for r in ROW_EXPR_ROWS])
 def test_row_expr_violations(node, expected):
     assert [r for r, _, _ in rules.row_expr_violations(node, "a row-level select")] == expected
+
+
+# Values whose count depends on the data cannot stand for rows (the row-level `filter`
+# that used to be a review request): refused before running, whatever the data.
+def test_row_expr_violations_refuses_a_data_dependent_number_of_values():
+    with pytest.raises(PlanError, match="depends on the data"):
+        rules.row_expr_violations(filt(X, ID_IS_5), "a row-level select")
+
+
+# ------------------------------------------------------------------ length_of / check_lengths
+
+LENGTH_ROWS = [
+    ("col", X, "rows"),
+    ("lit", Lit(1), "one"),
+    ("sum", call("sum", X), "one"),
+    ("broadcast", BinOp("-", X, call("mean", X)), "rows"),
+    ("filter", filt(X, ID_IS_5), "varying"),
+    ("filter-reduced", call("sum", filt(X, ID_IS_5)), "one"),
+    ("filter-times-literal", BinOp("*", filt(X, ID_IS_5), Lit(2)), "varying"),
+    ("unique-len", call("len", call("unique", X)), "one"),
+    ("head", call("head", X, n=3), "varying"),
+    ("implode", call("implode", filt(X, ID_IS_5)), "one"),
+    ("sort-keeps-rows", call("sort", X), "rows"),
+    ("over-of-sum", call("over", call("sum", X), partition_by=(S,)), "rows"),
+    ("reduced-parts", BinOp("/", call("sum", filt(X, ID_IS_5)), call("sum", X)), "one"),
+]
+
+
+@pytest.mark.parametrize("node,expected", [r[1:] for r in LENGTH_ROWS], ids=[r[0] for r in LENGTH_ROWS])
+def test_length_of(node, expected):
+    assert rules.length_of(node) == expected
+
+
+MISALIGNED_ROWS = [
+    ("rows-plus-filtered", BinOp("+", Y, filt(X, ID_IS_5))),
+    ("two-filters", BinOp("+", filt(Y, ID_IS_5), filt(X, X_GT_3))),
+    ("filter-of-filtered-condition", filt(X, BinOp(">", filt(Y, ID_IS_5), Lit(0)))),
+    ("filter-after-filter", filt(filt(X, ID_IS_5), X_GT_3)),
+    ("sort-by-filtered", call("sort_by", X, by=(filt(Y, ID_IS_5),))),
+    ("over-of-filtered", call("over", filt(X, ID_IS_5), partition_by=(S,))),
+    ("when-with-head", When(((ID_IS_5, call("head", X, n=1)),), X)),
+    ("concat-with-unique", Func("concat_str", ([S, call("unique", S)],))),
+]
+
+
+@pytest.mark.parametrize("node", [r[1] for r in MISALIGNED_ROWS], ids=[r[0] for r in MISALIGNED_ROWS])
+@pytest.mark.parametrize("role", ["a filter condition", rules.AGGREGATE_INPUT])
+def test_check_lengths_refuses_misaligned_values_everywhere(node, role):
+    pos = Position(1, 2, 5)
+    with pytest.raises(PlanError) as info:
+        rules.check_lengths(node, role, pos)
+    assert "may not line up" in info.value.message and info.value.position == pos
+
+
+@pytest.mark.parametrize(("node", "role", "refused"), [
+    (filt(X, ID_IS_5), rules.AGGREGATE_INPUT, False),  # a list aggregation: reviewed, never misaligned
+    (filt(X, ID_IS_5), "a group key", True),
+    (call("unique", X), "a join key", True),
+    (call("sum", filt(X, ID_IS_5)), "a filter condition", False),
+    (BinOp(">", X, call("max", X)), "a filter condition", False),  # broadcast: one value per row
+])
+def test_check_lengths_by_role(node, role, refused):
+    if refused:
+        with pytest.raises(PlanError, match="depends on the data"):
+            rules.check_lengths(node, role)
+    else:
+        rules.check_lengths(node, role)
 
 
 PRED_ROWS = [

@@ -21,7 +21,7 @@ hold a canary value nor a bookkeeping column name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -116,8 +116,10 @@ on_violation = "reject"
 
 
 @pytest.fixture
-def session(world: World):
-    s = Session(world.deployment, user="analyst")
+def session(world: World, tmp_path: Path):
+    # Each table row starts with no release history: rows must not difference each other
+    # (the differencing check has its own tests in test_differencing.py).
+    s = Session(replace(world.deployment, state_dir=tmp_path / "state"), user="analyst")
     yield s
     s.close()
 

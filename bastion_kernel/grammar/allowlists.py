@@ -367,11 +367,31 @@ RELEASED_METHODS: dict[str, str] = {
 }
 RELEASED_PROPERTIES: dict[str, str] = {
     "columns": "column names", "shape": "(rows, columns)", "height": "rows", "width": "columns",
+    "plot": "charts of this released table: .plot.bar / .line / .point(x=..., y=...)",
+}
+
+# Charts (see charts.py). On a released result they draw the released table only;
+# on a frame `.plot.hist` is itself an aggregate and goes through the policy.
+# Every argument is a column name or a literal: nothing here builds expressions.
+PLOT_METHODS: dict[str, MethodSpec] = _table("chart", {
+    "bar": ("x:str, y:str, color:str?, title:str?", "bar chart of the released table: .plot.bar(x='region', y='n')"),
+    "line": ("x:str, y:str, color:str?, title:str?", "line chart of the released table: .plot.line(x='year', y='n')"),
+    "point": ("x:str, y:str, color:str?, title:str?",
+              "scatter plot of the released table: .plot.point(x='mean_age', y='mean_income')"),
+})
+FRAME_PLOT_METHODS: dict[str, MethodSpec] = _table("chart", {
+    "hist": ("column:str, bins:int?, range:lits?, title:str?",
+             ("histogram: rows per bin, computed as an aggregate through the policy (bins with too few "
+              "individuals are withheld); range=[lo, hi] fixes the bins, else mean ± 3 std (released) does")),
+})
+FRAME_NAMESPACES: dict[str, str] = {
+    "plot": "charts computed through the policy: .plot.hist('age', bins=20)",
 }
 
 SESSION_FUNCTIONS: dict[str, str] = {
     "fetch": 'fetch("R1234abcd"): show a result the owner approved',
     "requests": "requests(): your review requests and their status",
+    "cancel": 'cancel("R1234abcd"): withdraw one of your pending review requests',
     "datasets": "datasets(): the datasets you may query",
     "policy": 'policy("patients"): the rules that apply to a dataset',
     "len": "len(x): the number of items of a list or released table",

@@ -18,7 +18,12 @@ The rules, in the words of the deployment's privacy officer:
   product of two columns, division by a constant, float casts, conditions);
   anything else (`abs`, `clip`, `sign`, `round`, `**`, `str.*`, ...) can turn
   a value into an indicator of one person without writing a condition
-  (`(income * (1 - (id - 5).abs().clip(0, 1))).sum()`), so it goes to review.
+  (`(income * (1 - (id - 5).abs().clip(0, 1))).sum()`), so it goes to review;
+- values whose number depends on the data (`x.filter(c)`, `x.unique()`,
+  `x.head(n)`...) are never lined up against rows or against each other:
+  polars would fail only when the counts differ, so "error or not" would tell
+  whether anyone matches `c` (is anyone's income above X?). They are refused
+  before anything runs (`check_lengths`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..compile import spec_for
-from ..errors import PolicyError, Position
+from ..errors import PlanError, PolicyError, Position
 from ..plan import BinOp, Call, Col, ColumnInfo, Expr, Func, Len, Lit, UnOp, When, walk
 
 COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
@@ -125,10 +130,96 @@ def referenced(node: Expr) -> set[str]:
     return {n.name for n in walk(node) if isinstance(n, Col)}
 
 
+# Methods whose number of values depends on the data rather than on the number of rows.
+VARYING_LENGTH = frozenset({
+    "filter", "drop_nulls", "drop_nans", "unique", "head", "tail", "slice", "top_k", "bottom_k", "mode",
+    "value_counts",
+})
+AGGREGATE_INPUT = "an aggregate input"
+
+
+class _Misaligned(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _label(node: Expr) -> str:
+    if isinstance(node, (Call, Func)):
+        return f".{node.fn}()" if isinstance(node, Call) else f"pl.{node.fn}()"
+    return f"`{getattr(node, 'op', type(node).__name__)}`"
+
+
+def _align(node: Expr, lengths: list[str]) -> str:
+    """Combine the lengths of values used together; two that may differ cannot be combined."""
+    varying = lengths.count("varying")
+    if varying and (varying > 1 or "rows" in lengths):
+        raise _Misaligned(_label(node))
+    if varying:
+        return "varying"
+    return "rows" if "rows" in lengths else "one"
+
+
+def length_of(node: Expr) -> str:
+    """How many values `node` yields: "one", "rows" (one per row) or "varying" (data-dependent).
+
+    Raises `_Misaligned` naming the first place where values of possibly different
+    counts are combined (an operator, a method and its arguments, a filter and its
+    condition, a value and its `over` partition).
+    """
+    if isinstance(node, (Lit, Len)):
+        return "one"
+    if isinstance(node, Col):
+        return "rows"
+    parts = [length_of(c) for c in node.children()]
+    if isinstance(node, Call):
+        combined = _align(node, parts)
+        if node.fn in VARYING_LENGTH:
+            return "varying"
+        if node.fn == "implode" or kind_of(node) in ("agg", "noauto"):
+            return "one"
+        return combined
+    if not parts:
+        return "rows"  # a node kind this rule does not know: assume one value per row
+    return _align(node, parts)
+
+
+def check_lengths(node: Expr, role: str, position: Position | None = None) -> None:
+    """Refuse, before anything runs, values whose count depends on the data where counts must match.
+
+    Inside an aggregate (`role` == AGGREGATE_INPUT) a data-dependent count is fine
+    as long as it is reduced or listed as a whole; anywhere else (a row-level
+    select, a filter, a key) it must line up with the rows, which polars checks
+    only when it runs, on the owner's data.
+    """
+    try:
+        length = length_of(node)
+    except _Misaligned as exc:
+        raise PlanError(
+            f"{exc.name} combines values whose numbers depend on the data, so they may not line up",
+            hint="aggregate each part first (pl.col('x').filter(cond).sum()), or filter the frame: frame.filter(cond)",
+            position=position,
+        ) from None
+    if length == "varying" and role != AGGREGATE_INPUT:
+        culprit = next((n for n in walk(node) if isinstance(n, Call) and n.fn in VARYING_LENGTH), node)
+        raise PlanError(
+            f"{_label(culprit)} in {role} keeps a number of values that depends on the data, not one per row",
+            hint="filter the frame with frame.filter(cond), or aggregate: .group_by(...).agg(...)",
+            position=position,
+        )
+
+
 def check_masked(
     node: Expr, columns: dict[str, ColumnInfo], role: str, dataset: str | None, position: Position | None
 ) -> None:
-    """Rule 3: a masked column (or one derived from it) cannot drive `role`."""
+    """Rule 3: a masked column (or one derived from it) cannot drive `role`.
+
+    Frames call this for every expression that drives rows of individuals (a
+    filter, a group/sort/join key, an aggregate input), so the rules that stop
+    run-time failures from becoming an oracle ride along, with the same
+    position: the length rule (`check_lengths`) and the type probe
+    (`compile.probe`, which runs the expression on made-up rows, not data).
+    """
     bad = sorted(c for c in referenced(node) if columns[c].masked)
     if bad:
         raise PolicyError(
@@ -138,6 +229,13 @@ def check_masked(
             hint="select it to see '*', or aggregate other columns",
             position=position,
         )
+    check_lengths(node, role, position)
+    from ..compile import probe  # the only polars in this module: made-up rows, never the owner's
+
+    try:
+        probe(node, {n: info.dtype for n, info in columns.items()})
+    except PlanError as exc:
+        raise exc.with_position(position) from None
 
 
 @dataclass
@@ -347,7 +445,11 @@ def agg_violations(facts: AggFacts, dataset: str | None, label: str) -> list[tup
 
 
 def row_expr_violations(node: Expr, where: str) -> list[tuple[str, str, str]]:
-    """Non-elementwise expressions on rows of individuals (windows, broadcasts)."""
+    """Non-elementwise expressions on rows of individuals (windows, broadcasts).
+
+    Values that would not line up with the rows are refused outright (`check_lengths`).
+    """
+    check_lengths(node, where)
     for n in walk(node):
         kind = kind_of(n)
         if kind in ("agg", "noauto", "list", "shape", "filter") or isinstance(n, Len):

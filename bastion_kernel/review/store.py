@@ -96,6 +96,11 @@ class ReviewRequest:
         return out
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReviewRequest:
+        """The inverse of `to_dict` (requests cross from the query worker as JSON)."""
+        return cls(**{**data, "columns": tuple(data["columns"])})
+
+    @classmethod
     def _from_row(cls, row: sqlite3.Row) -> ReviewRequest:
         return cls(
             id=row["id"],
@@ -219,6 +224,16 @@ class ReviewStore:
         if row is None:
             raise ReviewError(f"no review request {request_id}", hint="see `bastion review list --all`")
         return ReviewRequest._from_row(row)
+
+    def get_many(self, request_ids: builtins.list[str]) -> dict[str, ReviewRequest]:
+        """The requests among `request_ids` that exist, in one query (the widget watcher polls this)."""
+        ids = builtins.list(dict.fromkeys(request_ids))[:500]
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT {_FIELDS} FROM review_requests WHERE id IN ({marks})", ids).fetchall()
+        return {r["id"]: ReviewRequest._from_row(r) for r in rows}
 
     def snapshot(self, request_id: str) -> pl.DataFrame:
         """The held-back frame, checked against its digest (owner's view; no user check)."""
