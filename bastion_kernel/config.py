@@ -94,8 +94,13 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-def load(explicit: str | os.PathLike[str] | None = None) -> Deployment:
-    """Load and validate the deployment file; raise `ConfigError` naming the bad key."""
+def load(explicit: str | os.PathLike[str] | None = None, *, check_data: bool = True) -> Deployment:
+    """Load and validate the deployment file; raise `ConfigError` naming the bad key.
+
+    `check_data=False` skips reading each dataset's schema (masked columns and
+    the privacy unit must exist): the kernel process, which never reads data,
+    starts without importing polars; its query worker loads with the check.
+    """
     path = config_path(explicit)
     try:
         raw_bytes = path.read_bytes()
@@ -105,10 +110,10 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Deployment:
         doc = tomllib.loads(raw_bytes.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return _build(doc, path, hashlib.sha256(raw_bytes).hexdigest())
+    return _build(doc, path, hashlib.sha256(raw_bytes).hexdigest(), check_data)
 
 
-def _build(doc: dict[str, Any], path: Path, digest: str) -> Deployment:
+def _build(doc: dict[str, Any], path: Path, digest: str, check_data: bool = True) -> Deployment:
     base = path.parent
     _unknown(doc, _TOP_KEYS, "")
     top = _table(doc, "bastion", required=True)
@@ -129,7 +134,7 @@ def _build(doc: dict[str, Any], path: Path, digest: str) -> Deployment:
         if not name.isidentifier() or name.startswith("_"):
             raise ConfigError(f"datasets.{name}: a dataset name must be a Python identifier not starting with '_'")
         _unknown(table, _DATASET_KEYS, prefix)
-        datasets[name] = _dataset(name, table, base, prefix, k_default, onv_default)
+        datasets[name] = _dataset(name, table, base, prefix, k_default, onv_default, check_data)
     return Deployment(
         path=path,
         digest=digest,
@@ -142,7 +147,8 @@ def _build(doc: dict[str, Any], path: Path, digest: str) -> Deployment:
 
 
 def _dataset(
-    name: str, table: dict[str, Any], base: Path, prefix: str, k_default: int, onv_default: str
+    name: str, table: dict[str, Any], base: Path, prefix: str, k_default: int, onv_default: str,
+    check_data: bool = True,
 ) -> DatasetConfig:
     raw_path = _typed(table, "path", str, prefix)
     if raw_path is None:
@@ -182,7 +188,8 @@ def _dataset(
         on_violation=_choice(table, "on_violation", prefix, default=onv_default),
         users=tuple(users) if users is not None else None,
     )
-    _check_columns(ds, prefix)
+    if check_data:
+        _check_columns(ds, prefix)
     return ds
 
 

@@ -14,19 +14,29 @@ Bookkeeping columns (all under the reserved prefix, unreachable by users):
 - ``__bastion_ok`` / ``__bastion_sup``: after an aggregation at the root of a
   query, whether each group holds enough individuals, and how many of its
   cells were suppressed, so the release can say how much it withheld;
-- ``__bastion_cov<N>``: after such an aggregation, which individuals each group
-  covered (sorted unit ids per unit column, with the conditions inside its
-  values as bits), so the release can be checked against the user's earlier
-  ones (`policy.history`). It lives in `Frame.preds` while the frame is
-  pending and is dropped with ``__bastion_ok`` by `materialize`.
+- ``__bastion_cov<N>``: after such an aggregation, a small struct per group
+  that the differencing check (`policy.history`) starts from: the group's key
+  values, per unit column how many rows (with an id) it has and how many of
+  them each condition inside its values holds for, and which conditions
+  belong to a released value. Which individuals those are is listed only
+  when the check needs it (`cover_spec`: a second query over the same input,
+  usually run later, in the background). It lives in `Frame.preds` while the
+  frame is pending and is dropped with ``__bastion_ok`` by `materialize`.
+
+Cost: the threshold and these counts are sums and row counts that polars
+computes in the same pass as the user's aggregates, streaming; a distinct
+count of ids is needed only where one individual can have several rows, and
+even then only over the first k·M rows of a group (`_at_least`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -35,11 +45,13 @@ from . import compile as C
 from .config import RESERVED_PREFIX, DatasetConfig
 from .errors import PlanError, Position
 from .plan import (
-    OK_COLUMN, SUPPRESSED_COLUMN, Call, Col, ColumnInfo, Expr, Frame, Step, Unit, Violation, When, is_reserved, walk,
+    OK_COLUMN, SUPPRESSED_COLUMN, BinOp, Call, Col, ColumnInfo, Expr, Frame, Func, Lit, Step, UnOp, Unit, Violation,
+    When, is_reserved, walk,
 )
 from .policy import rules
 from .sources import scan
 from .sources import schema as dataset_schema
+from .sources import unit_profile
 
 
 @dataclass
@@ -48,6 +60,9 @@ class Ctx:
 
     counter: itertools.count
     position: Position | None = None
+    state_dir: Path | None = None  # where per-dataset facts are cached (`sources.unit_profile`)
+    memory_mb: int = 1024  # what measuring those facts may use
+    rows_of: dict[str, int | None] = field(default_factory=dict)  # dataset -> rows in its file (cross joins)
 
     def fresh(self, kind: str) -> str:
         return f"{RESERVED_PREFIX}_{kind}{next(self.counter)}"
@@ -111,12 +126,16 @@ def source(ds: DatasetConfig, ctx: Ctx) -> Frame:
     else:
         lf = lf.with_row_index(unit_col)
         lf = lf.select([*schema.names(), unit_col])
+    profile = unit_profile(ds, ctx.state_dir, ctx.memory_mb)
+    ctx.rows_of[ds.name] = profile.rows
     masked = set(ds.masked)
+    mine = frozenset({unit_col})
     columns = {
-        n: ColumnInfo(dtype=t, masked=n in masked, unit_of=unit_col if n == ds.privacy_unit else None)
+        n: ColumnInfo(dtype=t, masked=n in masked, unit_of=unit_col if n == ds.privacy_unit else None,
+                      by_unit=mine if profile.rows_max == 1 or n == ds.privacy_unit else frozenset())
         for n, t in schema.items()
     }
-    unit = Unit(unit_col, ds.name, ds.min_group_size, ds.on_violation)
+    unit = Unit(unit_col, ds.name, ds.min_group_size, ds.on_violation, profile.rows_max, profile.nonnull)
     return Frame(Step("scan", (), (ds.name,)), columns, (unit,), frozenset({ds.name}), lf)
 
 
@@ -162,6 +181,84 @@ def cover_roots(frame: Frame) -> list[tuple[Frame, str]]:
                 out.append((f, name))
         stack.extend(inputs)
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class CoverSpec:
+    """How to list which individuals an aggregation's groups hold (`policy.history` runs it when needed).
+
+    `disjoint[j]`: each individual of unit j has all its rows in one group (one
+    row each, or keys that are a function of the individual), so two groups of
+    the aggregation never share one. `split[j][i]`: likewise each individual is
+    on one side of condition i only. `plan_id`: identity of the input rows, the
+    keys and the units, set only when the plan is deterministic (row-wise
+    steps and expressions only): with the same file versions, equal plan_ids
+    mean equal sets, so a re-run needs no comparison. `mask_ids` name each
+    condition the same way across sessions.
+    """
+
+    lf: pl.LazyFrame = field(repr=False, compare=False)
+    keys: tuple[pl.Expr, ...]
+    masks: tuple[pl.Expr, ...]
+    units: tuple[Unit, ...]
+    datasets: frozenset[str]
+    disjoint: tuple[bool, ...]
+    split: tuple[tuple[bool, ...], ...]
+    plan_id: str | None
+    mask_ids: tuple[str, ...]
+
+
+def cover_spec(root: Frame) -> CoverSpec:
+    """The `CoverSpec` of an aggregation frame (one `cover_roots` returned)."""
+    src = root.step.inputs[0]
+    keys, aggs = list(root.step.detail[0]), list(root.step.detail[1])
+    table = _mask_table(aggs, src.columns)
+    key_by = [determined_by(k, src) for k in keys]
+    disjoint, split = [], []
+    for u in src.units:
+        one = u.rows_max == 1
+        disjoint.append(one or all(u.column in b for b in key_by))
+        row: list[bool] = []
+        for key, _, _ in table:
+            cond = key[1] if key[0] == "expr" else None
+            row.append(one or (cond is not None and u.column in determined_by(rules.aligned(cond), src)))
+        split.append(tuple(row))
+    mask_ids = tuple(repr(("expr", rules.aligned(key[1])) if key[0] == "expr" else ("flag", src.preds.index(key[1])))
+                     for key, _, _ in table)
+    canon = _canon(src)
+    deterministic = canon is not None and all(rowwise(k) for k in keys) and all(
+        rowwise(rules.aligned(key[1])) for key, _, _ in table if key[0] == "expr")
+    plan_id = None
+    if deterministic:
+        plan_id = hashlib.sha256(f"{canon}|keys{tuple(keys)!r}".encode()).hexdigest()
+    return CoverSpec(src.lf, tuple(C.expr(k) for k in keys), tuple(m for _, m, _ in table), src.units,
+                     src.datasets, tuple(disjoint), tuple(split), plan_id, mask_ids)
+
+
+_CANON_VERBS = frozenset({"scan", "filter", "select", "with_columns", "rename", "drop", "join"})
+
+
+def _canon(frame: Frame) -> str | None:
+    """A text that determines `frame`'s rows exactly, or None when some step depends on row order."""
+    step = frame.step
+    if step.verb not in _CANON_VERBS or not frame.row_level:
+        return None
+    if not all(rowwise(e) for e in _exprs_in_detail(step.detail)):
+        return None
+    inputs = [_canon(f) for f in step.inputs]
+    if any(i is None for i in inputs):
+        return None
+    return f"{step.verb}{step.detail!r}[{';'.join(inputs)}]"  # type: ignore[arg-type]
+
+
+def _exprs_in_detail(detail: Any) -> list[Expr]:
+    if isinstance(detail, Expr):
+        return [detail]
+    if isinstance(detail, (list, tuple)):
+        return [e for d in detail for e in _exprs_in_detail(d)]
+    if isinstance(detail, dict):
+        return [e for d in detail.values() for e in _exprs_in_detail(d)]
+    return []
 
 
 def _dataset(frame: Frame) -> str | None:
@@ -224,7 +321,29 @@ def _info_for(e: Expr, frame: Frame, dtype: Any, new_preds: frozenset[str]) -> C
         unit_of = frame.columns[base.name].unit_of
     # products=0: a product kept in a column could be multiplied again later, one product per cell.
     nonlinear = bool(rules.nonlinear_ops(e, frame.columns, products=0))
-    return ColumnInfo(dtype=dtype, masked=masked, unit_of=unit_of, preds=preds, nonlinear=nonlinear)
+    return ColumnInfo(dtype=dtype, masked=masked, unit_of=unit_of, preds=preds, nonlinear=nonlinear,
+                      by_unit=determined_by(e, frame))
+
+
+_ROWWISE_KINDS = frozenset({"elem", "pred", "name"})
+
+
+def rowwise(e: Expr) -> bool:
+    """Every node computes from its own row only, the same way on every run (no order, window or aggregate)."""
+    for n in walk(e):
+        if not isinstance(n, (Col, Lit, Call, Func, BinOp, UnOp, When)):
+            return False
+        if isinstance(n, Call) and rules.kind_of(n) not in _ROWWISE_KINDS:
+            return False
+    return True
+
+
+def determined_by(e: Expr, frame: Frame) -> frozenset[str]:
+    """The unit columns whose individuals each see one value of `e` (see `ColumnInfo.by_unit`)."""
+    if not frame.row_level or not rowwise(e):
+        return frozenset()
+    sets = [frame.columns[c].by_unit for c in rules.referenced(e)]
+    return frozenset.intersection(*sets) if sets else frozenset(u.column for u in frame.units)
 
 
 def _materialize_preds(frame: Frame, exprs: list[Expr], ctx: Ctx) -> tuple[list[frozenset[str]], list[pl.Expr], list[str]]:
@@ -343,35 +462,149 @@ def drop(frame: Frame, names: list[str], ctx: Ctx) -> Frame:
     return _finish(frame.evolve(step=Step("drop", (frame,), tuple(names)), columns=columns, lf=lf), ctx)
 
 
-def _unit_checks(units: tuple, facts_list: list[rules.AggFacts]) -> tuple[pl.Expr | None, list[pl.Expr | None]]:
+def _at_least(u: Unit, mask: pl.Expr | None) -> pl.Expr:
+    """Exactly whether the group's rows (where `mask` holds) hold at least k distinct individuals of `u`.
+
+    Why not always `n_unique`: hashing every id per group costs several times
+    the user's query, and on the streaming engine it keeps every (group, id)
+    pair in memory. With at most M rows per individual (`Unit.rows_max`):
+    - M = 1: distinct ids are rows with an id, a plain count;
+    - M > 1: any k·M rows with an id hold at least k individuals, so the
+      first k·M such rows decide it (fewer rows: they are the whole group);
+      a release run straight from the aggregation goes further (`FastChecks`);
+    - unknown M: the distinct count itself.
+    """
+    ids = pl.col(u.column)
+    if u.rows_max == 1:
+        return _rows_with_id(u, mask) >= u.k
+    kept = (ids if mask is None else ids.filter(mask)).drop_nulls()
+    if u.rows_max is not None:
+        kept = kept.head(u.k * u.rows_max)
+    return kept.n_unique() >= u.k
+
+
+def _rows_with_id(u: Unit, mask: pl.Expr | None) -> pl.Expr:
+    """Rows (where `mask` holds) that carry an id of `u`: a sum, free next to any aggregate."""
+    if mask is None:
+        return pl.len() if u.nonnull else pl.col(u.column).count()
+    return (mask if u.nonnull else mask & pl.col(u.column).is_not_null()).sum()
+
+
+@dataclass(frozen=True, eq=False)
+class _Term:
+    """One "at least k individuals" test, computed as a column of the aggregation."""
+
+    name: str
+    unit: Unit
+    exact: pl.Expr  # boolean, exact (what the lazy frame uses)
+    rows: pl.Expr | None  # rows with an id, when a row count can decide most groups (M > 1)
+
+
+@dataclass(frozen=True, eq=False)
+class _Checks:
+    """The threshold as aggregation columns (`terms`, `zeros`) and tests over them (`group_ok`, `cells`)."""
+
+    terms: list[_Term]
+    zeros: list[pl.Expr]  # "no individual on this side" tests, exact and cheap
+    group_ok: pl.Expr | None
+    cells: list[pl.Expr | None]
+
+
+def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx) -> _Checks:
     """Polars aggregations deciding the group threshold and each cell's support."""
+    terms: list[_Term] = []
+    zeros: list[pl.Expr] = []
+
+    def at_least(u: Unit, mask: pl.Expr | None) -> pl.Expr:
+        name = ctx.fresh("q")
+        rows = _rows_with_id(u, mask).cast(pl.Int64) if u.rows_max not in (None, 1) else None
+        terms.append(_Term(name, u, _at_least(u, mask), rows))
+        return pl.col(name)
+
+    def none_with_id(u: Unit, mask: pl.Expr) -> pl.Expr:
+        name = ctx.fresh("z")
+        zeros.append((_rows_with_id(u, mask) == 0).alias(name))
+        return pl.col(name)
+
     group_ok: pl.Expr | None = None
     for u in units:
-        cond = pl.col(u.column).drop_nulls().n_unique() >= u.k
+        cond = at_least(u, None)
         group_ok = cond if group_ok is None else group_ok & cond
     cells: list[pl.Expr | None] = []
     for facts in facts_list:
         cell: pl.Expr | None = None
         for u in units:
-            uid = pl.col(u.column)
-
-            def n(mask: pl.Expr) -> pl.Expr:
-                return uid.filter(mask).drop_nulls().n_unique()
-
             for s in facts.supports:
-                c = n(C.expr(s).is_not_null()) >= u.k
+                c = at_least(u, C.expr(s).is_not_null())
                 cell = c if cell is None else cell & c
             flags = [C.expr(p).fill_null(False) for p in facts.predicates]
             flags += [pl.col(q) for q in sorted(facts.lineage_preds)]
             for f in flags:
-                c = (n(f) >= u.k) & (n(~f) >= u.k)
+                c = at_least(u, f) & at_least(u, ~f)
                 cell = c if cell is None else cell & c
             for p in facts.natural_null_checks:
                 f = C.expr(p)
-                c = ((n(f) >= u.k) | (n(f) == 0)) & (n(~f) >= u.k)
+                c = (at_least(u, f) | none_with_id(u, f)) & at_least(u, ~f)
                 cell = c if cell is None else cell & c
         cells.append(cell)
-    return group_ok, cells
+    return _Checks(terms, zeros, group_ok, cells)
+
+
+@dataclass(frozen=True, eq=False)
+class FastChecks:
+    """The same aggregation with the threshold decided in two passes, for a release run straight from it.
+
+    Why: where individuals have several rows (M > 1), the exact test in the
+    lazy frame reads each group's first k·M ids, which polars' streaming
+    engine cannot do, so the whole query falls back to the in-memory engine
+    (several times slower on a join, and all rows in memory). Here the first
+    pass counts rows only (it streams): a group with at least k·M rows holds
+    at least k individuals, one with fewer than k rows fewer than k; only the
+    groups in between get the exact test, in a second pass over just those
+    groups (`release.release_aggregate`). Same answer, bit for bit.
+    """
+
+    first: pl.LazyFrame  # aggregates + row counts per fast term + everything else the frame computes
+    source: pl.LazyFrame  # the aggregation's input rows
+    keys: tuple[pl.Expr, ...]
+    key_names: tuple[str, ...]
+    terms: tuple[_Term, ...]  # the terms with a row-count form
+    post: Any  # LazyFrame with every term column as a boolean -> the frame's final columns
+
+    def undecided(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Rows of the first pass where some term's row count leaves the answer open."""
+        open_ = [(pl.col(t.name) >= t.unit.k) & (pl.col(t.name) < t.unit.k * (t.unit.rows_max or 1))
+                 for t in self.terms]
+        return df.filter(functools.reduce(operator.or_, open_)) if open_ else df.clear()
+
+    def second(self, rows: pl.DataFrame) -> pl.LazyFrame:
+        """The exact terms for those groups only."""
+        exact = [t.exact.alias(t.name) for t in self.terms]
+        if not self.keys:
+            return self.source.select(exact)
+        tmp = [f"{RESERVED_PREFIX}_fk{i}" for i in range(len(self.keys))]  # new columns: nothing is replaced
+        wanted = rows.select([pl.col(n).alias(t) for n, t in zip(self.key_names, tmp)]).lazy()
+        return self.source.with_columns([k.alias(t) for k, t in zip(self.keys, tmp)]) \
+            .join(wanted, on=tmp, how="semi", nulls_equal=True) \
+            .group_by(tmp).agg(exact).rename(dict(zip(tmp, self.key_names)))
+
+    def finish(self, df: pl.DataFrame, exact: pl.DataFrame | None) -> pl.LazyFrame:
+        """The frame's result from the first pass and the exact answers where they were needed."""
+        lf = df.lazy()
+        if exact is not None and exact.height:
+            renamed = exact.rename({t.name: f"{t.name}_x" for t in self.terms})
+            if self.key_names:
+                lf = lf.join(renamed.lazy(), on=list(self.key_names), how="left", nulls_equal=True,
+                             maintain_order="left")
+            else:
+                lf = lf.with_columns([pl.lit(renamed.get_column(f"{t.name}_x")[0]).alias(f"{t.name}_x")
+                                      for t in self.terms])
+        else:
+            lf = lf.with_columns([pl.lit(None, pl.Boolean).alias(f"{t.name}_x") for t in self.terms])
+        decided = [pl.when(pl.col(t.name) >= t.unit.k * (t.unit.rows_max or 1)).then(True)
+                   .when(pl.col(t.name) < t.unit.k).then(False)
+                   .otherwise(pl.col(f"{t.name}_x").fill_null(False)).alias(t.name) for t in self.terms]
+        return self.post(lf.with_columns(decided))
 
 
 def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, verb: str = "group_by",
@@ -396,37 +629,50 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     facts = [rules.analyse_agg(a, frame.columns) for a in aggs]
     for a, f in zip(aggs, facts):
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
-    group_ok, cells = _unit_checks(frame.units, facts)
+    checks = _unit_checks(frame.units, facts, ctx)
     outs = _out_names_agg(frame, keys, aggs, ctx)
-    cell_names = [ctx.fresh("c") if c is not None else None for c in cells]
+    cell_names = [ctx.fresh("c") if c is not None else None for c in checks.cells]
     agg_exprs = [C.expr(a) for a in aggs]
-    extra = [c.alias(n) for c, n in zip(cells, cell_names) if c is not None and n is not None]
-    extra.append((group_ok if group_ok is not None else pl.lit(True)).alias(OK_COLUMN))
     masks = _cover_masks(aggs, frame.columns)
-    cover_lists, cover_fields = _cover_lists(frame.units, masks, ctx, grouped=bool(keys))
-    extra += cover_lists
+    cover_counts, cover_fields = _cover_counts(frame.units, masks, ctx)
+    common = [*checks.zeros, *cover_counts]
     cover = ctx.fresh(COVER_KIND)
     key_exprs = [C.expr(k) for k in keys]
-    if keys:
-        lf = frame.lf.group_by(key_exprs, maintain_order=maintain_order).agg([*agg_exprs, *extra])
-    else:
-        lf = frame.lf.select([*agg_exprs, *extra])
     out_names = [n for n, _ in outs]
     agg_names = out_names[len(keys):]
-    suppress = []
-    sup_count: pl.Expr = pl.lit(0, dtype=pl.UInt32)
-    for name, cname in zip(agg_names, cell_names):
-        if cname is not None:
-            suppress.append(pl.when(pl.col(cname)).then(pl.col(name)).otherwise(None).alias(name))
-            sup_count = sup_count + (~pl.col(cname)).cast(pl.UInt32)
-    if suppress:
-        lf = lf.with_columns(suppress)
-    lf = lf.with_columns(sup_count.alias(SUPPRESSED_COLUMN))
-    lf = lf.with_columns(pl.struct([*cover_fields, *_released_words(masks, cell_names)]).alias(cover))
-    lf = lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
+
+    def first_pass(term_columns: list[pl.Expr]) -> pl.LazyFrame:
+        if keys:
+            return frame.lf.group_by(key_exprs, maintain_order=maintain_order).agg(
+                [*agg_exprs, *term_columns, *common])
+        return frame.lf.select([*agg_exprs, *term_columns, *common])
+
+    def post(lf: pl.LazyFrame) -> pl.LazyFrame:
+        decided = [c.alias(n) for c, n in zip(checks.cells, cell_names) if c is not None and n is not None]
+        decided.append((checks.group_ok if checks.group_ok is not None else pl.lit(True)).alias(OK_COLUMN))
+        lf = lf.with_columns(decided)
+        suppress = []
+        sup_count: pl.Expr = pl.lit(0, dtype=pl.UInt32)
+        for name, cname in zip(agg_names, cell_names):
+            if cname is not None:
+                suppress.append(pl.when(pl.col(cname)).then(pl.col(name)).otherwise(None).alias(name))
+                sup_count = sup_count + (~pl.col(cname)).cast(pl.UInt32)
+        if suppress:
+            lf = lf.with_columns(suppress)
+        lf = lf.with_columns(sup_count.alias(SUPPRESSED_COLUMN))
+        key_fields = [pl.col(n).alias(f"k{i}") for i, n in enumerate(out_names[:len(keys)])]
+        lf = lf.with_columns(pl.struct([*key_fields, *cover_fields, *_released_words(masks, cell_names)]).alias(cover))
+        return lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
+
+    lf = post(first_pass([t.exact.alias(t.name) for t in checks.terms]))
+    fast = None
+    if any(t.rows is not None for t in checks.terms):
+        first = first_pass([(t.rows if t.rows is not None else t.exact).alias(t.name) for t in checks.terms])
+        fast = FastChecks(first, frame.lf, tuple(key_exprs), tuple(out_names[:len(keys)]),
+                          tuple(t for t in checks.terms if t.rows is not None), post)
     columns = {n: ColumnInfo(t) for n, t in outs}
     out = Frame(
-        Step(verb, (frame,), (tuple(keys), tuple(aggs))), columns, (), frame.datasets, lf,
+        Step(verb, (frame,), (tuple(keys), tuple(aggs), fast)), columns, (), frame.datasets, lf,
         preds=(cover,), violations=violations, aggregated=True, pending=True,
     )
     return _finish(out, ctx)
@@ -467,6 +713,10 @@ def _conditions(node: Expr) -> list[Expr]:
 
 
 def _cover_masks(aggs: list[Expr], columns: dict[str, ColumnInfo]) -> list[Mask]:
+    return [(mask, users) for _, mask, users in _mask_table(aggs, columns)]
+
+
+def _mask_table(aggs: list[Expr], columns: dict[str, ColumnInfo]) -> list[tuple[tuple[str, Any], pl.Expr, tuple[int, ...]]]:
     """Each distinct condition inside the aggregates, with the values (cells) that use it.
 
     A value over one side of a condition covers only that side's individuals,
@@ -492,7 +742,7 @@ def _cover_masks(aggs: list[Expr], columns: dict[str, ColumnInfo]) -> list[Mask]
             users = found.setdefault(key, (mask, []))[1]
             if cell not in users:
                 users.append(cell)
-    return [(mask, tuple(users)) for mask, users in found.values()]
+    return [(key, mask, tuple(users)) for key, (mask, users) in found.items()]
 
 
 def _bits(flags: list[pl.Expr]) -> list[pl.Expr]:
@@ -505,23 +755,25 @@ def _bits(flags: list[pl.Expr]) -> list[pl.Expr]:
     return words
 
 
-def _cover_lists(units: tuple[Unit, ...], masks: list[Mask], ctx: Ctx, *,
-                 grouped: bool) -> tuple[list[pl.Expr], list[pl.Expr]]:
-    """Aggregations listing each group's unit ids (sorted) with their rows' condition bits,
-    and the struct fields that read them back."""
-    lists: list[pl.Expr] = []
+def _cover_counts(units: tuple[Unit, ...], masks: list[Mask], ctx: Ctx) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """Aggregations counting, per unit column, the group's rows with an id (``n<j>``) and how many
+    of them each condition holds for (``t<j>_<i>``); and the struct fields that read them back.
+
+    Counts, not ids: they bound each covered set's size (exactly, with one row
+    per individual), which is all the differencing check needs unless a size
+    comes within k of another set's (`policy.history`).
+    """
+    aggs: list[pl.Expr] = []
     fields: list[pl.Expr] = []
-    words = _bits([m for m, _ in masks])
     for j, u in enumerate(units):
-        ids = pl.col(u.column).filter(pl.col(u.column).is_not_null())
-        parts = [(f"u{j}", ids.sort())]
-        parts += [(f"b{j}_{w}", word.filter(pl.col(u.column).is_not_null()).sort_by(ids))
-                  for w, word in enumerate(words)]
+        has_id = None if u.nonnull else pl.col(u.column).is_not_null()
+        parts = [(f"n{j}", pl.len() if has_id is None else pl.col(u.column).count())]
+        parts += [(f"t{j}_{i}", (mask if has_id is None else mask & has_id).sum()) for i, (mask, _) in enumerate(masks)]
         for field, e in parts:
             name = ctx.fresh("t")
-            lists.append((e if grouped else e.implode()).alias(name))
+            aggs.append(e.cast(pl.Int64).alias(name))
             fields.append(pl.col(name).alias(field))
-    return lists, fields
+    return aggs, fields
 
 
 def _released_words(masks: list[Mask], cell_names: list[str | None]) -> list[pl.Expr]:
@@ -612,10 +864,12 @@ def join(left: Frame, right: Frame, ctx: Ctx, *, on: list[Expr] | None, left_on:
     # Fresh names for the right side's bookkeeping columns, so a self-join keeps both.
     mapping = {h: ctx.fresh(h[len(RESERVED_PREFIX) + 1]) for h in right.hidden}
     r_lf = right.lf.rename(mapping)
-    r_units = tuple(Unit(mapping[u.column], u.dataset, u.k, u.on_violation) for u in right.units)
+    r_units = tuple(Unit(mapping[u.column], u.dataset, u.k, u.on_violation, u.rows_max, u.nonnull)
+                    for u in right.units)
     r_preds = tuple(mapping[p] for p in right.preds)
     r_columns = {n: ColumnInfo(i.dtype, i.masked, mapping.get(i.unit_of) if i.unit_of else None,
-                               frozenset(mapping[p] for p in i.preds), i.nonlinear) for n, i in right.columns.items()}
+                               frozenset(mapping[p] for p in i.preds), i.nonlinear,
+                               frozenset(mapping[u] for u in i.by_unit)) for n, i in right.columns.items()}
     lk = on if on is not None else left_on
     rk = on if on is not None else right_on
     if how != "cross" and not lk:
@@ -648,16 +902,78 @@ def join(left: Frame, right: Frame, ctx: Ctx, *, on: list[Expr] | None, left_on:
             info = r_columns[name[: -len(suffix)]]
         else:
             info = ColumnInfo(dtype)
-        columns[name] = ColumnInfo(dtype, info.masked, info.unit_of, info.preds, info.nonlinear)
-    units = left.units + r_units
+        columns[name] = ColumnInfo(dtype, info.masked, info.unit_of, info.preds, info.nonlinear,
+                                   _same_individuals(info.by_unit, lk or [], rk or [], left.columns, r_columns))
+    # How many rows one individual can have now: its rows times the other side's matches per key.
+    if how == "cross":  # every row meets every row of the other side: at most its sources' rows multiplied
+        match_r, match_l = _rows_bound(right, ctx), _rows_bound(left, ctx)
+    else:
+        match_r = _max_match(rk or [], r_columns, r_units)
+        match_l = _max_match(lk or [], left.columns, left.units)
+    units = tuple(Unit(u.column, u.dataset, u.k, u.on_violation, _times(u.rows_max, match_r),
+                       u.nonnull and how in ("inner", "left", "cross")) for u in left.units) + \
+        tuple(Unit(u.column, u.dataset, u.k, u.on_violation, _times(u.rows_max, match_l),
+                   u.nonnull and how in ("inner", "right", "cross")) for u in r_units)
     preds = left.preds + r_preds
     lf = lf.select([*map(pl.col, columns), *(pl.col(u.column) for u in units), *map(pl.col, preds)])
     out = Frame(
-        Step("join", (left, right), (how,)), columns, units, left.datasets | right.datasets, lf,
+        Step("join", (left, right), (how, tuple(lk or ()), tuple(rk or ()), suffix, coalesce)), columns, units,
+        left.datasets | right.datasets, lf,
         preds=preds, violations=left.violations + tuple(v for v in right.violations if v not in left.violations),
         aggregated=left.aggregated or right.aggregated,
     )
     return _finish(out, ctx)
+
+
+def _same_individuals(by_unit: frozenset[str], lk: list[Expr], rk: list[Expr], left: dict[str, ColumnInfo],
+                      right: dict[str, ColumnInfo]) -> frozenset[str]:
+    """`by_unit` after a join on unit ids: where a left key holds unit a's ids and the paired right key
+    unit b's, every joined row has a = b, so a value fixed per individual of one is fixed per individual
+    of the other (rows without a match have no id on the other side)."""
+    out = set(by_unit)
+    for a_key, b_key in zip(lk, rk):
+        if not (isinstance(a_key, Col) and isinstance(b_key, Col)):
+            continue
+        a = left[a_key.name].unit_of if a_key.name in left else None
+        b = right[b_key.name].unit_of if b_key.name in right else None
+        if a and b:
+            if a in out:
+                out.add(b)
+            if b in out:
+                out.add(a)
+    return frozenset(out)
+
+
+def _max_match(keys: list[Expr], columns: dict[str, ColumnInfo], units: tuple[Unit, ...]) -> int | None:
+    """At most this many rows of one side share a join key value: a key column holding a unit id
+    has at most that unit's rows per value (None: not known)."""
+    best: int | None = None
+    by_column = {u.column: u for u in units}
+    for k in keys:
+        if isinstance(k, Col) and k.name in columns:
+            unit = by_column.get(columns[k.name].unit_of or "")
+            if unit is not None and unit.rows_max is not None:
+                best = unit.rows_max if best is None else min(best, unit.rows_max)
+    return best
+
+
+def _rows_bound(frame: Frame, ctx: Ctx) -> int | None:
+    """At most this many rows in a row-level frame: each unit is one scan, and no verb makes more rows
+    than the product of its inputs' (None: not known, e.g. an aggregated frame)."""
+    if not frame.row_level:
+        return None
+    out = 1
+    for u in frame.units:
+        rows = ctx.rows_of.get(u.dataset)
+        if rows is None:
+            return None
+        out *= rows
+    return out
+
+
+def _times(rows_max: int | None, matches: int | None) -> int | None:
+    """Rows per individual after a join (a row without a match still appears once in outer joins)."""
+    return None if rows_max is None or matches is None else rows_max * max(1, matches)
 
 
 def unique(frame: Frame, subset: list[Expr] | None, ctx: Ctx, maintain_order: bool, keep: str | None) -> Frame:

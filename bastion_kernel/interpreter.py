@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import frames as F
 from .charts import Chart, PlotAccessor
-from .errors import GrammarError, PlanError, Position
+from .errors import BastionError, GrammarError, PlanError, Position
 from .grammar import suggest
 from .grammar.allowlists import (
     DTYPES, EXPR_METHODS, FRAME_AGG_VERBS, FRAME_NAMESPACES, FRAME_PLOT_METHODS, FRAME_PROPERTIES, FRAME_VERBS,
@@ -124,6 +124,8 @@ class Interpreter:
         self.ctx.position = self.position
         try:
             return handler(self, node)
+        except BastionError as exc:  # errors raised deep in planning/compiling point at this node
+            raise exc.with_position(self.position) from exc.__cause__
         finally:
             self.position = previous
             self.ctx.position = previous
@@ -679,6 +681,11 @@ def _call_frame(it: Interpreter, b: Bound, args: list[Any], kwargs: dict[str, An
         by = it.exprs_for(frame, args, {})
         if not by:
             raise PlanError(".sort() needs a column", position=it.at(node))
+        for flag in ("descending", "nulls_last"):
+            value = p.get(flag)
+            if isinstance(value, (list, tuple)) and len(value) != len(by):
+                raise PlanError(f"{where}: `{flag}` has {len(value)} entries for {len(by)} sort key(s)",
+                                hint=f"give one {flag} per key, or a single True/False", position=it.at(node))
         return F.sort(frame, by, it.ctx, p.get("descending"), p.get("nulls_last"))
     if name in ("head", "limit", "tail"):
         p = it.bind(spec.params, args, kwargs, where)

@@ -43,7 +43,7 @@ class BastionKernel(Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        deployment = config.load()
+        deployment = config.load(check_data=False)  # the worker reads the schemas (this process never imports polars)
         self.worker = QueryWorker(self.ident, deployment.limits)  # starts now; the first cell waits for it
         self._install_comms()
         worker = self.worker
@@ -88,7 +88,6 @@ class BastionKernel(Kernel):
             return self._ok()
         import uuid
 
-        from .display import progress_bundle
         from .errors import ExecutionError
         from .progress import Progress
 
@@ -99,6 +98,8 @@ class BastionKernel(Kernel):
         display_id = f"bastion-progress-{uuid.uuid4().hex}"
 
         def report(event: str, elapsed: float) -> None:
+            from .display import progress_bundle  # only for a cell past a second: display imports polars
+
             msg_type = "display_data" if event == "show" else "update_display_data"
             content = {"data": progress_bundle(elapsed), "metadata": {}, "transient": {"display_id": display_id}}
             self.session.send(self.iopub_socket, msg_type, content, parent)
@@ -221,7 +222,7 @@ def _open_widget_control(comm: Any, msg: dict[str, Any]) -> None:
 def main() -> None:
     """Start the kernel; a broken deployment file stops it before it accepts any cell."""
     try:
-        config.load()
+        config.load(check_data=False)  # the file's structure now; the data's columns in the query worker
     except ConfigError as exc:
         print(f"Bastion cannot start: {exc.render()}", file=sys.stderr)
         raise SystemExit(2) from None

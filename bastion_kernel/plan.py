@@ -164,6 +164,11 @@ class ColumnInfo:
     `nonlinear`: built by non-linear arithmetic (`abs`, `clip`, `round`, a
     product of two columns, ...; see `policy.rules.nonlinear_ops`), so
     aggregating it later cannot auto-release.
+    `by_unit`: bookkeeping unit columns whose individuals each have one value of
+    this column on all their rows (every column of a one-row-per-individual
+    dataset; the privacy unit itself). Grouping by such columns puts each
+    individual in one group only, which the differencing check uses to skip
+    comparing groups of one result with each other (they cannot overlap).
     """
 
     dtype: Any
@@ -171,6 +176,7 @@ class ColumnInfo:
     unit_of: str | None = None
     preds: frozenset[str] = frozenset()
     nonlinear: bool = False
+    by_unit: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,11 @@ class Unit:
     dataset: str
     k: int
     on_violation: str
+    # At most this many rows per individual in the frame (None: unknown). Known once per
+    # dataset file (`sources.unit_profile`), multiplied through joins, never raised by filters;
+    # it lets the threshold count rows instead of distinct ids (see `frames._at_least`).
+    rows_max: int | None = None
+    nonnull: bool = False  # no row of the frame lacks this unit's id
 
 
 @dataclass(frozen=True)

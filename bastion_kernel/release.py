@@ -11,13 +11,19 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass, field
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from .config import Limits
 from .errors import ExecutionError, LimitError, PolicyError
 from .plan import OK_COLUMN, SUPPRESSED_COLUMN, Frame, Violation
-from .policy.history import Cover, CoverPart
+
+if TYPE_CHECKING:  # polars is imported where a query runs: the kernel process needs only `ReviewPending`
+    import polars as pl
+
+    from .policy.history import Cover
+
+
+WITHHELD_NOTE = "groups with fewer than the minimum number of individuals are withheld, if there are any"
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ def run(lf: pl.LazyFrame) -> pl.DataFrame:
 
 def run_all(lfs: list[pl.LazyFrame]) -> list[pl.DataFrame]:
     """`run` for several queries at once (polars shares the work they have in common)."""
+    import polars as pl
+
     try:
         return pl.collect_all(lfs) if len(lfs) > 1 else [lfs[0].collect()]
     except KeyboardInterrupt:
@@ -114,6 +122,8 @@ def run_all(lfs: list[pl.LazyFrame]) -> list[pl.DataFrame]:
 
 def visible(frame: Frame) -> pl.LazyFrame:
     """Only visible columns, masked ones replaced by '*' inside the query (never read)."""
+    import polars as pl
+
     stars = [pl.lit("*", dtype=pl.String).alias(n) for n, info in frame.columns.items() if info.masked]
     # with_columns, not select: a select of literals only would collapse to one row.
     lf = frame.lf.with_columns(stars) if stars else frame.lf
@@ -127,7 +137,10 @@ def release_aggregate(frame: Frame, limits: Limits) -> Released:
     every other aggregation the result was computed from counts with all its
     groups (one extra query each, collected together with the result).
     """
-    from .frames import cover_roots, is_cover
+    import polars as pl
+
+    from .frames import cover_roots, cover_spec, is_cover
+    from .policy.history import Cover, CoverPart
 
     roots = cover_roots(frame)
     own = next((p for p in frame.preds if is_cover(p)), None) if frame.pending else None
@@ -136,31 +149,49 @@ def release_aggregate(frame: Frame, limits: Limits) -> Released:
     withheld = suppressed = 0
     parts: list[CoverPart] = []
     if frame.pending:
-        df, *extra_dfs = run_all([frame.lf, *extra])
+        fast = _fast_checks(frame)
+        if fast is not None:  # the threshold in two streaming passes (frames.FastChecks); same answer
+            first, *extra_dfs = run_all([fast.first, *extra])
+            open_rows = fast.undecided(first)
+            exact = run(fast.second(open_rows)) if open_rows.height else None
+            df = run(fast.finish(first, exact))
+        else:
+            df, *extra_dfs = run_all([frame.lf, *extra])
         ok = df.get_column(OK_COLUMN)
         withheld = int((~ok).sum())
         suppressed = int(df.filter(ok).get_column(SUPPRESSED_COLUMN).sum() or 0)
         df = df.filter(ok)
         for root, name in roots:
             if name == own:
-                parts.append(CoverPart(root.step.inputs[0].units, df.get_column(name)))
+                parts.append(CoverPart(root.step.inputs[0].units, df.get_column(name), spec=cover_spec(root)))
         df = df.select([pl.lit("*").alias(n) if i.masked else pl.col(n) for n, i in frame.columns.items()])
     else:
         df, *extra_dfs = run_all([visible(frame).head(limits.max_release_rows + 1), *extra])
     for i, ((root, name), rows) in enumerate(zip(others, extra_dfs)):
-        parts.append(CoverPart(root.step.inputs[0].units, rows.get_column(name), label=f"input aggregation {i + 1}"))
+        parts.append(CoverPart(root.step.inputs[0].units, rows.get_column(name), label=f"input aggregation {i + 1}",
+                               spec=cover_spec(root)))
     if df.height > limits.max_release_rows:
         raise LimitError(
             f"the result has more than {limits.max_release_rows} rows (limit max_release_rows)",
             hint="group more coarsely, or .head(n) the aggregated result",
         )
     notes = []
-    if withheld:
-        notes.append(f"{withheld} group(s) with fewer than the minimum number of individuals were withheld")
+    if frame.pending:
+        # Always the same words, never a count: "1 group withheld" after filter(income > X) would say
+        # whether anyone earns more than X. The count stays in `withheld_groups` for the audit log.
+        notes.append(WITHHELD_NOTE)
     if suppressed:
         notes.append(f"{suppressed} value(s) were suppressed (shown as null): a condition inside the aggregate "
                      "left too few individuals on one side")
     return Released(df, withheld, suppressed, tuple(notes), tuple(frame.masked_columns()), cover=Cover(tuple(parts)))
+
+
+def _fast_checks(frame: Frame) -> object | None:
+    """The aggregation's two-pass threshold, when `frame` is that aggregation itself (not a later step)."""
+    from .frames import FastChecks
+
+    detail = frame.step.detail
+    return detail[2] if len(detail) == 3 and isinstance(detail[2], FastChecks) else None
 
 
 def snapshot(frame: Frame, limits: Limits) -> pl.DataFrame:

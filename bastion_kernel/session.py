@@ -101,7 +101,7 @@ class Session:
         self.limits = deployment.limits
         self.visible_datasets = deployment.datasets_for(self.user)
         self.namespace: dict[str, Any] = {}
-        self.ctx = F.Ctx(itertools.count())
+        self.ctx = F.Ctx(itertools.count(), state_dir=deployment.state_dir, memory_mb=self.limits.query_memory_mb)
         self.store = ReviewStore(deployment.state_dir)
         if resume_session is not None:  # a restarted query worker continues its kernel's audit session
             self.audit = AuditLog.resume(deployment.state_dir, resume_session)
@@ -116,6 +116,12 @@ class Session:
     # ------------------------------------------------------------ cells
     def execute(self, source: str) -> CellResult:
         """Run one cell; never raises for user mistakes (the error is in the result)."""
+        from .policy.history import foreground
+
+        with foreground():  # background recording of earlier releases waits until the kernel is idle
+            return self._execute(source)
+
+    def _execute(self, source: str) -> CellResult:
         self._last = CellResult()
         try:
             tree = parse_cell(source, self.limits)
@@ -208,7 +214,7 @@ class Session:
             return None
         finding = open_store(self.deployment.state_dir).check_and_record(
             user=self.user, session_id=self.audit.session_id, cell=source, cover=released.cover,
-            datasets=self.deployment.datasets, rows=released.df.height,
+            datasets=self.deployment.datasets, rows=released.df.height, memory_mb=self.limits.query_memory_mb,
         )
         if finding is None:
             return None
@@ -389,7 +395,13 @@ class Session:
         raise AssertionError(name)
 
     def close(self) -> None:
-        self.audit.close()
+        """End the session: write the sets still waiting to be recorded, then close the audit log."""
+        from .policy.history import open_store
+
+        try:
+            open_store(self.deployment.state_dir).flush()
+        finally:
+            self.audit.close()
 
     # ------------------------------------------------------------ charts (specs in charts.py)
     def plot_released(self, value: R.Released, kind: str, params: dict[str, Any], it: Interpreter) -> Any:

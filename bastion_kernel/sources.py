@@ -3,15 +3,35 @@
 Why separate: the grammar never names a file; the interpreter only ever asks
 for a dataset by its configured name, and this module turns the owner's path
 into a polars scan. Nothing a user types reaches a reader function.
+
+It also knows two facts about each dataset *file version* (path, size, mtime,
+inode, ctime of every file it covers), measured once and cached in the
+owner's state folder: how many rows one individual has at most, and whether
+any row lacks a privacy unit id (`unit_profile`). With at most one row per
+individual, "at least k individuals" is "at least k rows", which polars
+counts for free instead of hashing every id (`frames._at_least`).
 """
 
 from __future__ import annotations
 
 import functools
+import glob
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from .config import DatasetConfig
+
+PROFILE_FILE = "unit_profiles.json"
+_lock = threading.Lock()
+_profiles: dict[tuple[str, str, tuple], UnitProfile] = {}
+_measuring: dict[tuple[str, str, tuple], threading.Lock] = {}  # one measurement per key at a time
 
 
 def scan(ds: DatasetConfig) -> pl.LazyFrame:
@@ -29,3 +49,132 @@ def schema(ds: DatasetConfig) -> pl.Schema:
     check need it; reading Parquet footers again each time is wasted I/O.
     """
     return scan(ds).collect_schema()
+
+
+def version(ds: DatasetConfig) -> tuple[tuple[str, int, int, int, int, int], ...]:
+    """Identity of the bytes behind a dataset now: per file (path, size, mtime, inode, device, ctime).
+
+    Replacing a file (new inode) or rewriting it in place (new ctime) changes it.
+    """
+    paths = sorted(glob.glob(ds.path)) if any(ch in ds.path for ch in "*?[") else [ds.path]
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.append((os.path.realpath(p), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class UnitProfile:
+    """Per dataset version: the most rows any one individual has (None: unknown), no missing ids,
+    and how many rows the file holds (None: unknown), which bounds a cross join's multiplicity."""
+
+    rows_max: int | None
+    nonnull: bool
+    rows: int | None = None
+
+
+UNKNOWN = UnitProfile(None, False)
+
+
+def unit_profile(ds: DatasetConfig, state_dir: Path | None = None, memory_mb: int = 1024) -> UnitProfile:
+    """The dataset's `UnitProfile`, measured once per file version (cached in memory and in `state_dir`).
+
+    Why cached by version: it is one full pass over the unit column, cheap next
+    to any query, but not worth paying per cell; when the owner changes the
+    file, the version changes and it is measured again. A dataset without a
+    privacy unit counts each row as an individual: one row each, never null.
+    """
+    key = (ds.path, ds.privacy_unit or "", version(ds))
+    with _lock:
+        found = _profiles.get(key)
+        gate = _measuring.setdefault(key, threading.Lock())
+    if found is not None:
+        return found
+    with gate:  # a cell and the start-up warm-up (`warm`) never measure the same file twice
+        with _lock:
+            found = _profiles.get(key)
+        if found is not None:
+            return found
+        stored = _read_cache(state_dir).get(_cache_key(key))
+        if stored is not None and len(stored) == 3:
+            found = UnitProfile(stored[0], bool(stored[1]), stored[2])
+        else:
+            found = _measure(ds, memory_mb)
+            if found is not UNKNOWN and version(ds) == key[2]:  # unchanged while measuring
+                _write_cache(state_dir, _cache_key(key), found)
+        with _lock:
+            _profiles[key] = found
+    return found
+
+
+def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, idle: Any = None) -> None:
+    """Measure the profiles of `datasets` ahead of the first cell (the query worker runs this in a
+    thread after start-up; `idle()` returns how long to wait before the kernel counts as idle)."""
+    import time
+
+    for ds in datasets:
+        while idle is not None and (wait := idle()) > 0:
+            time.sleep(wait)
+        unit_profile(ds, state_dir, memory_mb)
+
+
+def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
+    """Max rows per non-null unit id, in hash partitions small enough for `memory_mb` (streaming engine)."""
+    if not ds.privacy_unit:  # each row is an individual
+        try:
+            return UnitProfile(1, True, int(scan(ds).select(pl.len()).collect(engine="streaming").item()))
+        except Exception:  # noqa: BLE001
+            return UnitProfile(1, True, None)
+    unit = pl.col(ds.privacy_unit)
+    try:
+        lf = scan(ds).select(unit)
+        counts = lf.select(pl.len().alias("rows"), unit.null_count().alias("nulls")).collect(engine="streaming")
+        rows, nulls = int(counts["rows"][0]), int(counts["nulls"][0])
+        # ~64 bytes per distinct id in a hash table is generous; a quarter of the budget per pass.
+        parts = max(1, math.ceil(rows * 64 / (memory_mb * 2**20 / 4)))
+        top = 0
+        ids = lf.filter(unit.is_not_null())
+        for p in range(parts):
+            part = ids if parts == 1 else ids.filter(unit.hash(seed=17) % parts == p)
+            m = part.group_by(unit).agg(pl.len().alias("n")).select(pl.col("n").max()).collect(engine="streaming")
+            top = max(top, int(m.item() or 0))
+        return UnitProfile(max(top, 1), nulls == 0, rows)
+    except Exception:  # noqa: BLE001 - an unreadable file just means the exact (slower) counts are used
+        return UNKNOWN
+
+
+def _cache_key(key: tuple[str, str, tuple]) -> str:
+    return json.dumps([key[0], key[1], [list(v) for v in key[2]]])
+
+
+def _read_cache(state_dir: Path | None) -> dict[str, list]:
+    if state_dir is None:
+        return {}
+    try:
+        data = json.loads((Path(state_dir) / PROFILE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(state_dir: Path | None, key: str, profile: UnitProfile) -> None:
+    """Atomic replace; concurrent writers lose nothing but a cache entry (measured again later)."""
+    if state_dir is None:
+        return
+    path = Path(state_dir) / PROFILE_FILE
+    with _lock:
+        data = _read_cache(state_dir)
+        data[key] = [profile.rows_max, profile.nonnull, profile.rows]
+        if len(data) > 512:  # old versions of rewritten files: keep the newest entries
+            data = dict(list(data.items())[-512:])
+        tmp = path.with_name(f"{PROFILE_FILE}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass

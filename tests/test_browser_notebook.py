@@ -71,7 +71,7 @@ def test_table_chart_and_grammar_error_render_in_jupyterlab(demo_dir: Path, tmp_
             out0 = cells.nth(0).locator(".jp-OutputArea-output").first
             text = out0.inner_text()
             assert "shape: 5 × 3" in text
-            assert "1 group(s) with fewer than the minimum number of individuals were withheld" in text
+            assert "groups with fewer than the minimum number of individuals are withheld, if there are any" in text
             rows = table.locator("tbody tr")
             assert rows.count() == expected.height
             for i, (region, n) in enumerate(expected.select("region", "n").iter_rows()):

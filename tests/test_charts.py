@@ -120,9 +120,9 @@ def test_bar_chart_draws_exactly_the_released_rows(kc: BlockingKernelClient, pat
     assert "Islands" not in seen
     text = data["text/plain"]
     assert text.startswith("bar chart of mean_age by region (5 released rows)")
-    assert "Note: 1 group(s) with fewer than the minimum number of individuals were withheld" in text
+    assert "Note: groups with fewer than the minimum number of individuals are withheld, if there are any" in text
     # JupyterLab shows only the chart: the notes are its subtitle
-    assert spec["title"]["subtitle"] == ["1 group(s) with fewer than the minimum number of individuals were withheld"]
+    assert spec["title"]["subtitle"] == ["groups with fewer than the minimum number of individuals are withheld, if there are any"]
 
 
 def test_point_chart_with_colour_and_title(kc: BlockingKernelClient, patients_df: pl.DataFrame) -> None:
@@ -176,10 +176,10 @@ def test_histogram_is_an_aggregate_with_small_bins_withheld(kc: BlockingKernelCl
     assert spec["encoding"]["x"]["scale"] == {"domain": [0.0, 100.0]}  # withheld edge bins show as gaps
     assert spec["encoding"]["x2"] == {"field": "bin_end"}
     text = data["text/plain"]
-    assert f"Note: {withheld} group(s) with fewer than the minimum number of individuals were withheld" in text
+    assert f"Note: groups with fewer than the minimum number of individuals are withheld, if there are any" in text
     assert "bins cover [0, 100) (range as given)" in text
     subtitle = spec["title"]["subtitle"]
-    assert f"{withheld} group(s) with fewer than the minimum number of individuals were withheld" in subtitle
+    assert f"groups with fewer than the minimum number of individuals are withheld, if there are any" in subtitle
     assert any(n.startswith("bins cover [0, 100) (range as given)") for n in subtitle)
 
 

@@ -422,7 +422,7 @@ def test_a_bastion_kernel_starts_and_answers_over_the_websocket(
     assert info["content"]["implementation"] == "bastion"
     assert agg["content"]["status"] == "ok"
     assert "Central" in text and "North" in text  # the large regions were released...
-    assert "1 group(s) with fewer than the minimum" in text and "Islands" not in text  # ...the 3-person one was not
+    assert "groups with fewer than the minimum number of individuals are withheld, if there are any" in text and "Islands" not in text  # ...the 3-person one was not
     assert rows["content"]["status"] == "ok"
     assert re.search(r"R[0-9a-f]{8}", text), "row-level data should have become a review request"
     assert_no_secret(text, secrets_)

@@ -31,7 +31,8 @@ from bastion_kernel.errors import (  # noqa: E402
 )
 
 TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages", "polars/")
-SLOW_CELL = 'patients.join(visits.head(2000), how="cross").select(pl.len(), pl.col("age").sum()).collect()'
+SLOW_CELL = ('patients.join(visits, how="cross").group_by("department", "sex")'
+             '.agg(pl.len(), pl.col("age").mean(), pl.col("cost").mean()).collect()')
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def test_interrupted_query_is_an_execution_error_and_the_session_survives(
 
 def test_review_error_says_where_to_look(kc: BlockingKernelClient) -> None:
     text = error_of(kc, 'fetch("R00000000")', "ReviewError")
-    assert text.splitlines()[0] == "ReviewError: no review request R00000000 for user alice"
+    assert text.splitlines()[0] == "ReviewError (line 1, column 1): no review request R00000000 for user alice"
     assert text.endswith("Hint: requests() lists your review requests and their status")
 
 

@@ -252,8 +252,8 @@ def test_grouped_aggregate_display_has_text_and_html_and_the_withheld_note(alice
     data = result_data(msgs)
     assert set(data) >= {"text/plain", "text/html"}
     text, html = data["text/plain"], data["text/html"]
-    assert "Note: 1 group(s) with fewer than the minimum number of individuals were withheld" in text
-    assert "1 group(s) with fewer than the minimum number of individuals were withheld" in html
+    assert "Note: groups with fewer than the minimum number of individuals are withheld, if there are any" in text
+    assert "groups with fewer than the minimum number of individuals are withheld, if there are any" in html
     assert "Islands" not in text and "Islands" not in html
     expected = _expected_regions(patients_df)
     rows = html_rows(html)

@@ -33,11 +33,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ReviewError
+
+if TYPE_CHECKING:  # imported where snapshots are read or checked, so the kernel process starts without polars
+    import polars as pl
 
 DB_NAME = "bastion.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -194,6 +195,8 @@ class ReviewStore:
         _nonempty(reason, "reason")
         if not isinstance(cell, str):
             raise ReviewError("cell must be a string")
+        import polars as pl
+
         if not isinstance(snapshot, pl.DataFrame):
             raise ReviewError("the snapshot must be a polars DataFrame")
         buf = io.BytesIO()
@@ -249,6 +252,8 @@ class ReviewStore:
     def _decode(request_id: str, blob: bytes, digest: str) -> pl.DataFrame:
         if hashlib.sha256(blob).hexdigest() != digest:
             raise ReviewError(f"the snapshot of request {request_id} does not match its digest; it was altered")
+        import polars as pl
+
         return pl.read_ipc(io.BytesIO(blob))
 
     def list(

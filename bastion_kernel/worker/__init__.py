@@ -4,6 +4,15 @@
 JSON-and-bytes framing between them (no pickle in either direction).
 """
 
-from .client import QueryWorker
+from typing import Any
 
 __all__ = ["QueryWorker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on use: the worker process itself (`python -m bastion_kernel.worker`) never needs the client.
+    if name == "QueryWorker":
+        from .client import QueryWorker
+
+        return QueryWorker
+    raise AttributeError(name)

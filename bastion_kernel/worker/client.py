@@ -55,6 +55,7 @@ class QueryWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._ready = False
+        self._broken: str | None = None  # set while a restart has not finished (e.g. interrupted mid-replay)
         self._spawn(None)
 
     # ------------------------------------------------------------ process
@@ -93,12 +94,18 @@ class QueryWorker:
         self._ready = False
 
     def _restart(self, why: str) -> int:
-        """Kill, start fresh on the same audit session, replay the variables. Returns cells that failed."""
+        """Kill, start fresh on the same audit session, replay the variables. Returns cells that failed.
+
+        Until the replay has finished the worker counts as broken, so if this is itself
+        interrupted the next request starts over instead of using a half-restored session.
+        """
+        self._broken = why
         self._kill()
         self.restarts += 1
         self._spawn(why)
         self._ensure_ready()
         if not self.history:
+            self._broken = None
             return 0
         cells, blobs = [], []
         for c in self.history:
@@ -108,6 +115,7 @@ class QueryWorker:
         assert self._sock is not None
         wire.send(self._sock, {"op": "replay", "cells": cells}, blobs)
         reply, _ = self._wait(REPLAY_TIMEOUT_S)
+        self._broken = None
         return int(reply.get("failed", 0))
 
     def _wait(self, timeout: float | None) -> tuple[dict[str, Any], list[bytes]]:
@@ -128,6 +136,8 @@ class QueryWorker:
         """One request; limits, interrupts and a dead worker become errors, and the worker comes back."""
         with self._lock:
             try:
+                if self._broken is not None:
+                    self._restart(self._broken)
                 self._ensure_ready()
                 assert self._sock is not None
                 wire.send(self._sock, {"op": op, **fields}, blobs)

@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from .. import assist, config
+from .. import config
 from ..display import bundle
 from ..errors import BastionError
 from ..release import ReviewPending
@@ -137,10 +137,14 @@ class Worker:
         return {"failed": failed}, []
 
     def complete(self, msg: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+        from .. import assist  # on first use: the worker's start-up is on the way to the first cell
+
         matches, start, end = assist.complete(msg["code"], msg["pos"], self.session)
         return {"matches": matches, "start": start, "end": end}, []
 
     def inspect(self, msg: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+        from .. import assist
+
         return {"text": assist.inspect(msg["code"], msg["pos"], self.session)}, []
 
     def fetch_html(self, msg: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
@@ -214,7 +218,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     _cap_memory(deployment.limits.query_memory_mb)
     wire.send(sock, {"ok": True, "session_id": session.audit.session_id, "user": session.user})
+    _warm_up(session)
     serve(sock, Worker(session))
+
+
+def _warm_up(session: Session) -> None:
+    """Measure the datasets' unit profiles (`sources.unit_profile`) while the user has not run a cell yet."""
+    import threading
+
+    from ..policy.history import idle_for
+    from ..sources import warm
+
+    datasets = list(session.visible_datasets.values())
+    threading.Thread(target=warm, args=(datasets, session.deployment.state_dir, session.limits.query_memory_mb,
+                                        idle_for), name="bastion-warm", daemon=True).start()
 
 
 if __name__ == "__main__":
