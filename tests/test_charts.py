@@ -176,10 +176,10 @@ def test_histogram_is_an_aggregate_with_small_bins_withheld(kc: BlockingKernelCl
     assert spec["encoding"]["x"]["scale"] == {"domain": [0.0, 100.0]}  # withheld edge bins show as gaps
     assert spec["encoding"]["x2"] == {"field": "bin_end"}
     text = data["text/plain"]
-    assert f"Note: groups with fewer than the minimum number of individuals are withheld, if there are any" in text
+    assert "Note: groups with fewer than the minimum number of individuals are withheld, if there are any" in text
     assert "bins cover [0, 100) (range as given)" in text
     subtitle = spec["title"]["subtitle"]
-    assert f"groups with fewer than the minimum number of individuals are withheld, if there are any" in subtitle
+    assert "groups with fewer than the minimum number of individuals are withheld, if there are any" in subtitle
     assert any(n.startswith("bins cover [0, 100) (range as given)") for n in subtitle)
 
 
