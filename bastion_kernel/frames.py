@@ -45,13 +45,27 @@ from . import compile as C
 from .config import RESERVED_PREFIX, DatasetConfig
 from .errors import PlanError, Position
 from .plan import (
-    OK_COLUMN, SUPPRESSED_COLUMN, BinOp, Call, Col, ColumnInfo, Expr, Frame, Func, Lit, Step, UnOp, Unit, Violation,
-    When, is_reserved, walk,
+    OK_COLUMN,
+    SUPPRESSED_COLUMN,
+    BinOp,
+    Call,
+    Col,
+    ColumnInfo,
+    Expr,
+    Frame,
+    Func,
+    Lit,
+    Step,
+    Unit,
+    UnOp,
+    Violation,
+    When,
+    is_reserved,
+    walk,
 )
 from .policy import rules
-from .sources import scan
+from .sources import scan, unit_profile
 from .sources import schema as dataset_schema
-from .sources import unit_profile
 
 
 @dataclass

@@ -134,8 +134,9 @@ def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
         lf = scan(ds).select(unit)
         counts = lf.select(pl.len().alias("rows"), unit.null_count().alias("nulls")).collect(engine="streaming")
         rows, nulls = int(counts["rows"][0]), int(counts["nulls"][0])
-        # ~64 bytes per distinct id in a hash table is generous; a quarter of the budget per pass.
-        parts = max(1, math.ceil(rows * 64 / (memory_mb * 2**20 / 4)))
+        # ~64 bytes per distinct id in a hash table is generous; an eighth of the budget per pass (the
+        # worker's cap counts address space the allocator keeps, and a cell may run alongside).
+        parts = max(1, math.ceil(rows * 64 / (memory_mb * 2**20 / 8)))
         top = 0
         ids = lf.filter(unit.is_not_null())
         for p in range(parts):

@@ -31,12 +31,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from bastion_kernel import config
+from bastion_kernel import config, sources
 from bastion_kernel import frames as F
 from bastion_kernel import release as R
-from bastion_kernel import sources
 from bastion_kernel.plan import BinOp, Call, Col, Len, Lit
 from bastion_kernel.policy import history as H
+from bastion_kernel.policy import members
 from bastion_kernel.release import Released, ReviewPending
 from bastion_kernel.session import Session
 
@@ -271,13 +271,13 @@ def test_recording_in_partitions_lists_the_same_members(session: Session, deploy
     part = out.cover.parts[0]
     scopes = H.open_store(deployment.state_dir)._describe(out.cover, deployment.datasets)
     pu = next(iter(scopes.values())).units[0]
-    whole = H._list_members(part, pu, 1024).sort("set_no", "u")
-    H.BYTES_PER_ROW, saved = 2**24, H.BYTES_PER_ROW
+    whole = members.list_members(part, pu, 1024).sort("set_no", "u")
+    members.BYTES_PER_ROW, saved = 2**24, members.BYTES_PER_ROW
     try:
-        assert H._partitions(part, pu, 64) > 1
-        pieces = H._list_members(part, pu, 64).sort("set_no", "u")
+        assert members.partitions(part, pu, 64) > 1
+        pieces = members.list_members(part, pu, 64).sort("set_no", "u")
     finally:
-        H.BYTES_PER_ROW = saved
+        members.BYTES_PER_ROW = saved
     assert pieces.equals(whole)
 
 

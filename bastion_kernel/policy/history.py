@@ -42,7 +42,7 @@ are the sets compared.
 Every released set is still recorded exactly: its members are listed by
 that same second query, run in the background once the kernel has been idle
 for `IDLE_S` (or at once when a check needs them, and before the session
-closes), in hash partitions sized to the memory limit. Until then the set's
+closes), in hash partitions sized to an eighth of the memory limit. Until then the set's
 row holds its size range and the state ``pending``. If its files change
 before it is written, or the kernel stops first, the state becomes ``lost``:
 a later set within k-1 of its size range is then held back, because it
@@ -88,6 +88,12 @@ import polars as pl
 from ..config import DatasetConfig
 from ..errors import ExecutionError
 from ..plan import Unit, Violation
+from .members import Mismatch as _Mismatch
+from .members import PartUnit as _PartUnit
+from .members import bit as _bit
+from .members import exact_sizes as _exact_sizes
+from .members import list_members as _list_members
+from .members import released_conditions as _released_conditions
 
 DB_NAME = "history.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -97,7 +103,6 @@ SMALL = 4_096  # sets up to this size are compared in Python, larger ones with a
 BLOB_CACHE = 64  # decoded (release, scope) blobs kept per process
 IDLE_S = 0.5  # background recording starts once no cell has run for this long
 WAIT_OTHERS_S = 30.0  # how long a check waits for another kernel to finish recording a set it needs
-BYTES_PER_ROW = 128  # peak memory per listed member while recording (copies included), to size partitions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -298,17 +303,6 @@ class _Desc:
 
 
 @dataclass
-class _PartUnit:
-    """Unit j of cover part `part`: its set numbering within its scope."""
-
-    part: int
-    j: int
-    base: int
-    stride: int
-    nbits: int
-
-
-@dataclass
 class _Scope:
     dataset: str
     k: int
@@ -332,23 +326,6 @@ class _Stored:
     owner: str | None
     rows: int | None = None
     m: int | None = None
-
-
-def _bit(column: str, i: int) -> pl.Expr:
-    """Bit i of a multi-word bit set stored as UInt64 columns `<column><i // 64>`."""
-    return (pl.col(f"{column}{i // 64}") & pl.lit(1 << (i % 64), pl.UInt64)) != 0
-
-
-def _released_conditions(rows: pl.DataFrame) -> int:
-    """How many condition bits are in play: one past the highest bit released on any row."""
-    nbits = 0
-    w = 0
-    while f"m{w}" in rows.columns:
-        top = int(rows.get_column(f"m{w}").max() or 0)
-        if top:
-            nbits = w * 64 + top.bit_length()
-        w += 1
-    return nbits
 
 
 def _bounds(rows: int, rows_max: int | None) -> tuple[int, int]:
@@ -380,121 +357,6 @@ def _versions(spec: Any, datasets: Mapping[str, DatasetConfig]) -> str:
     from ..sources import version
 
     return repr(sorted((name, version(datasets[name])) for name in spec.datasets if name in datasets))
-
-
-# ---------------------------------------------------------------- listing members
-
-
-def _membership(part: CoverPart, unit: _PartUnit, parts: int, p: int) -> pl.LazyFrame:
-    """(row, u, n, t<i>) for unit j of `part`: each individual's rows in each of the part's rows'
-    groups, and how many of them condition i holds for. Streams; hash partition p of `parts`."""
-    spec = part.spec
-    u = spec.units[unit.j]
-    rows = part.rows.struct.unnest()
-    keys = [f"k{i}" for i in range(len(spec.keys))]
-    cols = [k.alias(f"__k{i}") for i, k in enumerate(spec.keys)]
-    bits = [pl.when(m).then(pl.lit(1, pl.Int64)).otherwise(pl.lit(0, pl.Int64)).alias(f"t{i}")
-            for i, m in enumerate(spec.masks[:unit.nbits])]
-    q = spec.lf.select(*cols, pl.col(u.column).alias("u"), *bits).filter(pl.col("u").is_not_null())
-    if parts > 1:
-        q = q.filter(pl.col("u").hash(seed=29) % parts == p)
-    if keys:
-        table = rows.select([pl.col(k).alias(f"__k{i}") for i, k in enumerate(keys)]).with_row_index("row")
-        q = q.join(table.lazy(), on=[f"__k{i}" for i in range(len(keys))], how="inner", nulls_equal=True)
-    else:
-        q = q.with_columns(pl.lit(0, pl.UInt32).alias("row"))
-    ts = [f"t{i}" for i in range(unit.nbits)]
-    if u.rows_max == 1:
-        return q.select(pl.col("row").cast(pl.Int64), "u", pl.lit(1, pl.Int64).alias("n"), *ts)
-    return q.group_by("row", "u").agg(pl.len().cast(pl.Int64).alias("n"), *[pl.col(t).sum() for t in ts]) \
-        .select(pl.col("row").cast(pl.Int64), "u", "n", *ts)
-
-
-def _expand(part: CoverPart, unit: _PartUnit, runs: pl.DataFrame) -> pl.DataFrame:
-    """(set_no, u, count) of every set unit j of `part` covers, from its `_membership` runs."""
-    rows = part.rows.struct.unnest()
-    nbits = unit.nbits
-    frames = [runs.select((pl.col("row") * unit.stride + unit.base).alias("set_no"), "u", pl.col("n").alias("count"))]
-    if nbits:
-        released = rows.with_row_index("row").select(pl.col("row").cast(pl.Int64),
-                                                     *[_bit("m", i).alias(f"rel{i}") for i in range(nbits)])
-        runs = runs.join(released, on="row", how="left", maintain_order="left")
-        for i in range(nbits):
-            for side, count in ((1, pl.col(f"t{i}")), (2, pl.col("n") - pl.col(f"t{i}"))):
-                frames.append(
-                    runs.filter(pl.col(f"rel{i}") & (count > 0))
-                    .select((pl.col("row") * unit.stride + unit.base + 2 * i + side).alias("set_no"), "u",
-                            count.alias("count"))
-                )
-    return pl.concat(frames)
-
-
-def _totals(part: CoverPart, unit: _PartUnit) -> pl.DataFrame:
-    """What the query counted per row (rows with an id, rows per condition): listing must agree."""
-    rows = part.rows.struct.unnest()
-    return rows.select(pl.col(f"n{unit.j}").alias("n"),
-                       *[pl.col(f"t{unit.j}_{i}").alias(f"t{i}") for i in range(unit.nbits)]).with_row_index("row") \
-        .with_columns(pl.col("row").cast(pl.Int64))
-
-
-def _partitions(part: CoverPart, unit: _PartUnit, memory_mb: int) -> int:
-    """Hash partitions for listing unit j's members within a quarter of the memory limit: the group
-    sets hold its rows once, each released condition's two sides once more."""
-    total = int(part.rows.struct.field(f"n{unit.j}").sum() or 0) * (1 + unit.nbits)
-    return max(1, math.ceil(total * BYTES_PER_ROW / (max(memory_mb, 64) * 2**20 / 4)))
-
-
-def _exact_sizes(part: CoverPart, unit: _PartUnit) -> dict[tuple[int, int], int]:
-    """(row, side) -> distinct individuals of unit j in that set (the group, each side of each condition)."""
-    spec = part.spec
-    ids = pl.col(spec.units[unit.j].column)
-    aggs = [ids.drop_nulls().n_unique().alias("s0")]
-    for i, m in enumerate(spec.masks[:unit.nbits]):
-        holds = m.fill_null(False)
-        aggs += [ids.filter(holds).drop_nulls().n_unique().alias(f"s{2 * i + 1}"),
-                 ids.filter(~holds).drop_nulls().n_unique().alias(f"s{2 * i + 2}")]
-    names = [f"s{x}" for x in range(1 + 2 * unit.nbits)]
-    if spec.keys:
-        rows = part.rows.struct.unnest()
-        table = rows.select([pl.col(f"k{i}").alias(f"__k{i}") for i in range(len(spec.keys))]).with_row_index("row")
-        got = spec.lf.group_by([k.alias(f"__k{i}") for i, k in enumerate(spec.keys)]).agg(aggs) \
-            .join(table.lazy(), on=[f"__k{i}" for i in range(len(spec.keys))], how="inner", nulls_equal=True) \
-            .select("row", *names).collect(engine="streaming")
-    else:
-        got = spec.lf.select(aggs).select(pl.lit(0, pl.UInt32).alias("row"), *names).collect(engine="streaming")
-    out: dict[tuple[int, int], int] = {}
-    for values in got.iter_rows():
-        for side, n in enumerate(values[1:]):
-            out[(int(values[0]), side)] = int(n)
-    return out
-
-
-class _Mismatch(Exception):
-    """The listed members do not add up to what the released query counted."""
-
-
-def _list_members(part: CoverPart, unit: _PartUnit, memory_mb: int,
-                  each: Any = None) -> pl.DataFrame | None:
-    """All sets of unit j of `part`, as (set_no, u, count); or, with `each`, handed over partition by
-    partition (memory stays within the limit) and None returned. Checks the counts add up."""
-    parts = _partitions(part, unit, memory_mb)
-    sums: pl.DataFrame | None = None
-    kept: list[pl.DataFrame] = []
-    for p in range(parts):
-        runs = _membership(part, unit, parts, p).collect(engine="streaming")
-        got = runs.group_by("row").agg(pl.col("n").sum(), *[pl.col(f"t{i}").sum() for i in range(unit.nbits)])
-        sums = got if sums is None else pl.concat([sums, got]).group_by("row").agg(pl.all().sum())
-        sets = _expand(part, unit, runs)
-        del runs
-        if each is None:
-            kept.append(sets)
-        else:
-            each(sets)
-    want = _totals(part, unit).filter(pl.col("n") > 0)
-    have = (sums if sums is not None else want.clear()).select(want.columns).sort("row")
-    if not have.cast(want.schema).equals(want.sort("row")):  # type: ignore[arg-type]
-        raise _Mismatch
-    return pl.concat(kept) if each is None else None
 
 
 # ---------------------------------------------------------------- comparing sets
