@@ -68,6 +68,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from . import db
 from .errors import AuditError
 
 GENESIS = "0" * 64
@@ -76,7 +77,6 @@ EVENTS = frozenset({"session_start", "cell", "review_request", "review_decision"
                     "session_end"})
 DB_NAME = "bastion.db"
 AUDIT_DIR = "audit"
-BUSY_TIMEOUT_MS = 30_000
 
 _SESSION_RE = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9_.-]{1,64}-[0-9a-f]{6}$")
 _USER_BAD = re.compile(r"[^A-Za-z0-9_.-]")
@@ -147,18 +147,17 @@ def _session_file(state_dir: Path, session_id: str) -> Path:
     return _audit_dir(state_dir) / f"{session_id}.jsonl"
 
 
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS audit_heads ("
+    " session TEXT PRIMARY KEY, user TEXT NOT NULL, started TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, hash TEXT NOT NULL, last_event TEXT NOT NULL, updated TEXT NOT NULL)"
+)
+
+
 def _connect(state_dir: Path) -> sqlite3.Connection:
-    """A fresh connection per operation: safe across threads, processes and forks."""
+    """This thread's connection to the heads database, kept open (`db.shared`): one per record was most of a cell's cost."""
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(Path(state_dir) / DB_NAME, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS audit_heads ("
-        " session TEXT PRIMARY KEY, user TEXT NOT NULL, started TEXT NOT NULL,"
-        " seq INTEGER NOT NULL, hash TEXT NOT NULL, last_event TEXT NOT NULL, updated TEXT NOT NULL)"
-    )
-    return conn
+    return db.shared(Path(state_dir) / DB_NAME, _SCHEMA)
 
 
 def _head(conn: sqlite3.Connection, session_id: str) -> tuple[int, str] | None:
@@ -228,31 +227,28 @@ def _append(
         # process exclude each other too; closing the file releases it.
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         conn = _connect(state_dir)
+        head = _head(conn, session_id)
+        if starting:
+            if head is not None:
+                raise AuditError(f"audit session {session_id} already exists")
+            seq, prev = 1, GENESIS
+        else:
+            seq, prev = _next_link(fh, head, session_id)
+        record: dict[str, Any] = {"seq": seq, "ts": _iso(_utc_now()), "session": session_id, "event": event}
+        record.update(fields)
+        record["prev"] = prev
         try:
-            head = _head(conn, session_id)
-            if starting:
-                if head is not None:
-                    raise AuditError(f"audit session {session_id} already exists")
-                seq, prev = 1, GENESIS
-            else:
-                seq, prev = _next_link(fh, head, session_id)
-            record: dict[str, Any] = {"seq": seq, "ts": _iso(_utc_now()), "session": session_id, "event": event}
-            record.update(fields)
-            record["prev"] = prev
-            try:
-                record["hash"] = record_hash(record)
-                data = _line(record)
-            except (TypeError, ValueError) as exc:
-                raise AuditError(f"audit record {event!r} cannot be stored as JSON: {exc}") from None
-            fh.seek(0, os.SEEK_END)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-            if starting:
-                _fsync_dir(path.parent)
-            _store_head(conn, session_id, record, head, start_user)
-        finally:
-            conn.close()
+            record["hash"] = record_hash(record)
+            data = _line(record)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"audit record {event!r} cannot be stored as JSON: {exc}") from None
+        fh.seek(0, os.SEEK_END)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+        if starting:
+            _fsync_dir(path.parent)
+        _store_head(conn, session_id, record, head, start_user)
     result: dict[str, Any] = json.loads(data)
     return result
 
@@ -284,8 +280,7 @@ def _store_head(
     old: tuple[int, str] | None,
     start_user: str | None,
 ) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with db.transaction(conn):
         if start_user is not None:
             conn.execute(
                 "INSERT INTO audit_heads (session, user, started, seq, hash, last_event, updated)"
@@ -301,10 +296,6 @@ def _store_head(
             )
             if cur.rowcount != 1:
                 raise AuditError(f"the head of audit session {session_id} changed underneath an append")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 # --------------------------------------------------------------------------- the log
@@ -357,11 +348,7 @@ class AuditLog:
         """An appender for an existing session; `AuditError` if it is unknown."""
         _check_session_id(session_id)
         state_dir = Path(state_dir)
-        conn = _connect(state_dir)
-        try:
-            head = _head(conn, session_id)
-        finally:
-            conn.close()
+        head = _head(_connect(state_dir), session_id)
         if head is None or not _session_file(state_dir, session_id).is_file():
             raise AuditError(f"unknown audit session {session_id}", hint="see `bastion audit list`")
         return cls(state_dir, session_id, owner=False)
@@ -407,11 +394,7 @@ class AuditLog:
 
 
 def _heads(state_dir: Path) -> dict[str, dict[str, Any]]:
-    conn = _connect(state_dir)
-    try:
-        rows = conn.execute("SELECT session, user, started, seq, hash, last_event FROM audit_heads").fetchall()
-    finally:
-        conn.close()
+    rows = _connect(state_dir).execute("SELECT session, user, started, seq, hash, last_event FROM audit_heads").fetchall()
     return {r[0]: {"user": r[1], "started": r[2], "seq": int(r[3]), "hash": r[4], "last_event": r[5]} for r in rows}
 
 

@@ -255,10 +255,13 @@ def probe(e: Expr, dtypes: dict[str, Any]) -> None:
 
     Why: polars checks some types only when a row reaches the operation, so on
     the owner's data "error or not" would depend on which rows a filter kept.
-    On made-up rows the answer is the same whatever the data holds.
+    On made-up rows the answer is the same whatever the data holds. Panics
+    that only out-of-range values cause are ruled out first (`check_temporal`),
+    since made-up rows hold no such value.
     """
     from .plan import walk
 
+    check_temporal(e, dtypes)
     names = sorted({n.name for n in walk(e) if isinstance(n, Col)})
     columns = {}
     for name in names:
@@ -278,6 +281,125 @@ def probe(e: Expr, dtypes: dict[str, Any]) -> None:
             "polars cannot compute this expression for these column types",
             hint="check the types with .schema; .cast() converts (values that do not fit become null)",
         ) from None
+
+
+# Temporal values out of the calendar's range (years beyond ±262143) make polars panic in Rust
+# in `dt.month_start/month_end/truncate/to_string/strftime/date` and casts to text, on exactly
+# the rows that hold them (pola-rs/polars#15313, #13592, #21910 are this family). Such a value
+# cannot come from the data, a literal date or a parse (all within the calendar); only from
+# turning numbers into temporal values. These are the constructs that do, refused before
+# anything runs, so "panic or not" can never depend on one person's value.
+_PARSES = frozenset({"str.to_date", "str.to_datetime"})
+_ARITH_METHODS = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "pow"})
+_VALUE_ARGS: dict[str, tuple[str, ...]] = {  # arguments whose values end up in the result
+    "fill_null": ("value",), "fill_nan": ("value",), "clip": ("lower_bound", "upper_bound"), "replace": ("old", "new"),
+}
+_TEMPORAL_SCALARS = (_dt.date, _dt.datetime, _dt.time, _dt.timedelta)
+_ABSENT = object()
+_TEMPORAL_HINT = ("work with numbers instead (.dt.epoch(), .dt.year(), .dt.total_days()), or compare dates with "
+                  "dates: temporal values may come only from the data, pl.date()/pl.datetime() or .str.to_date()")
+
+
+def _temporal_refusal(what: str) -> PlanError:
+    return PlanError(f"{what}: a computed date or time can fall outside the calendar, and polars fails on it "
+                     "only for the rows that hold it", hint=_TEMPORAL_HINT)
+
+
+def _dtype_of(e: Expr, empty: pl.LazyFrame, memo: dict[int, Any]) -> Any:
+    """The polars type of `e` over columns of these types (no rows involved); None if polars refuses.
+
+    `memo` is keyed by node identity: nodes holding lists (`concat_str([...])`) are not hashable.
+    """
+    if id(e) not in memo:
+        try:
+            memo[id(e)] = empty.select(expr(e).alias("x")).collect_schema()["x"]
+        except _REFUSALS:
+            memo[id(e)] = None
+    return memo[id(e)]
+
+
+def _temporal(t: Any) -> bool:
+    return t is not None and (t.is_temporal() or t == pl.Null)
+
+
+def check_temporal(e: Expr, dtypes: dict[str, Any]) -> None:
+    """Refuse every way `e` could turn a number into a date, time or duration (see `_ARITH_METHODS`).
+
+    Allowed temporal values: columns, temporal literals, parsed text, casts between temporal
+    types, the difference of two dates/datetimes/times (a duration no longer than
+    the data's span), and any other operation whose values all come from
+    temporal inputs (min, truncate, when/then of dates, ...): none leaves the
+    range of its inputs. Refused: casting a number or boolean to a temporal
+    type, a number typed as one (`pl.lit(10**15, pl.Datetime)`), any other
+    arithmetic with a temporal result (a date plus a duration, a duration times
+    a number: repeatable until out of range), and numbers mixed into a temporal
+    result (`clip` bounds, `fill_null`/`replace` values, `when/then` branches).
+    """
+    from .plan import walk
+
+    nodes = walk(e)
+    if not any(isinstance(n, (Call, BinOp, Func, When, UnOp)) or (isinstance(n, Lit) and n.dtype is not None)
+               for n in nodes):
+        return
+    if any(isinstance(n, Col) and n.name not in dtypes for n in nodes):
+        return  # polars' schema check refuses it with a clearer message
+    empty = pl.LazyFrame(schema=dtypes)
+    memo: dict[int, Any] = {}
+    for n in nodes:
+        if isinstance(n, Lit):
+            if n.dtype is not None and n.dtype.name in ("Date", "Datetime", "Duration", "Time") \
+                    and not isinstance(n.value, (*_TEMPORAL_SCALARS, type(None))):
+                raise _temporal_refusal(f"a number typed as pl.{n.dtype.name}")
+            continue
+        if not isinstance(n, (Call, BinOp, Func, When, UnOp)):
+            continue
+        out = _dtype_of(n, empty, memo)
+        if out is None or not out.is_temporal():
+            continue
+        if isinstance(n, Call) and n.fn in _PARSES:
+            continue  # parsed text is a calendar date: the parser refuses anything else (null)
+        if isinstance(n, Call) and n.fn == "cast":
+            if not _temporal(_dtype_of(n.recv, empty, memo)):
+                raise _temporal_refusal(f"casting a number to pl.{out.base_type()}")
+            continue
+        if isinstance(n, BinOp) or (isinstance(n, Call) and n.fn in _ARITH_METHODS):
+            left, right = (n.left, n.right) if isinstance(n, BinOp) else (n.recv, dict(n.kwargs).get("other"))
+            op = n.op if isinstance(n, BinOp) else n.fn
+            kinds = [_dtype_of(x, empty, memo) if isinstance(x, Expr) else None for x in (left, right)]
+            if op in ("-", "sub") and all(k is not None and k.is_temporal() and k.base_type() != pl.Duration
+                                          for k in kinds):
+                continue  # a difference of two dates: a duration within the data's span
+            raise _temporal_refusal(f"arithmetic that yields a pl.{out.base_type()}")
+        _check_temporal_inputs(n, out, empty, memo)
+
+
+def _check_temporal_inputs(n: Expr, out: Any, empty: pl.LazyFrame, memo: dict[int, Any]) -> None:
+    """Every value that flows into the temporal result `n` must itself be temporal."""
+    values: list[Any]
+    if isinstance(n, When):
+        values = [v for _, v in n.branches] + ([n.otherwise] if n.otherwise is not None else [])
+    elif isinstance(n, Func):
+        values = list(n.children())
+    elif isinstance(n, UnOp):
+        values = [n.operand]
+    else:
+        assert isinstance(n, Call)
+        kwargs = dict(n.kwargs)
+        values = [n.recv]
+        for name in _VALUE_ARGS.get(n.fn, ()):
+            v = kwargs.get(name, _ABSENT)
+            if isinstance(v, dict):  # replace({old: new, ...}): the new values
+                values += list(v.values())
+            elif name == "old" or v is _ABSENT:
+                continue  # the values replaced, not the replacements
+            elif isinstance(v, (list, tuple)):
+                values += list(v)
+            else:
+                values.append(v)
+    for v in values:
+        ok = _temporal(_dtype_of(v, empty, memo)) if isinstance(v, Expr) else isinstance(v, (*_TEMPORAL_SCALARS, type(None)))
+        if not ok:
+            raise _temporal_refusal(f"a number mixed into a pl.{out.base_type()} result")
 
 
 def arg(value: Any) -> Any:

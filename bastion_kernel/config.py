@@ -47,6 +47,7 @@ class DatasetConfig:
     min_group_size: int
     on_violation: str
     users: tuple[str, ...] | None
+    max_share: float = 0.5  # dominance rule (`policy.rules.dominated`); 1 disables it
 
     def visible_to(self, user: str) -> bool:
         return self.users is None or user in self.users
@@ -61,14 +62,15 @@ class Deployment:
     on_violation: str
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    max_share: float = 0.5
 
     def datasets_for(self, user: str) -> dict[str, DatasetConfig]:
         """Only the datasets this user may see; the others do not exist for them."""
         return {n: d for n, d in self.datasets.items() if d.visible_to(user)}
 
 
-_BASTION_KEYS = {"state_dir", "min_group_size", "on_violation"}
-_DATASET_KEYS = {"path", "privacy_unit", "masked", "min_group_size", "on_violation", "users", "format"}
+_BASTION_KEYS = {"state_dir", "min_group_size", "max_share", "on_violation"}
+_DATASET_KEYS = {"path", "privacy_unit", "masked", "min_group_size", "max_share", "on_violation", "users", "format"}
 _TOP_KEYS = {"bastion", "datasets", "limits"}
 
 
@@ -121,6 +123,7 @@ def _build(doc: dict[str, Any], path: Path, digest: str, check_data: bool = True
     state_raw = _typed(top, "state_dir", str, "bastion.", default="state")
     state_dir = _resolve(base, state_raw)
     k_default = _positive_int(top, "min_group_size", "bastion.", default=10)
+    share_default = _share(top, "max_share", "bastion.", default=0.5)
     onv_default = _choice(top, "on_violation", "bastion.", default="review")
     limits = _limits(_table(doc, "limits", required=False))
     raw_datasets = _table(doc, "datasets", required=False)
@@ -134,7 +137,7 @@ def _build(doc: dict[str, Any], path: Path, digest: str, check_data: bool = True
         if not name.isidentifier() or name.startswith("_"):
             raise ConfigError(f"datasets.{name}: a dataset name must be a Python identifier not starting with '_'")
         _unknown(table, _DATASET_KEYS, prefix)
-        datasets[name] = _dataset(name, table, base, prefix, k_default, onv_default, check_data)
+        datasets[name] = _dataset(name, table, base, prefix, k_default, onv_default, check_data, share_default)
     return Deployment(
         path=path,
         digest=digest,
@@ -143,12 +146,13 @@ def _build(doc: dict[str, Any], path: Path, digest: str, check_data: bool = True
         on_violation=onv_default,
         datasets=datasets,
         limits=limits,
+        max_share=share_default,
     )
 
 
 def _dataset(
     name: str, table: dict[str, Any], base: Path, prefix: str, k_default: int, onv_default: str,
-    check_data: bool = True,
+    check_data: bool = True, share_default: float = 0.5,
 ) -> DatasetConfig:
     raw_path = _typed(table, "path", str, prefix)
     if raw_path is None:
@@ -187,6 +191,7 @@ def _dataset(
         min_group_size=_positive_int(table, "min_group_size", prefix, default=k_default),
         on_violation=_choice(table, "on_violation", prefix, default=onv_default),
         users=tuple(users) if users is not None else None,
+        max_share=_share(table, "max_share", prefix, default=share_default),
     )
     if check_data:
         _check_columns(ds, prefix)
@@ -267,6 +272,17 @@ def _positive_int(table: dict[str, Any], key: str, prefix: str, default: int) ->
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{prefix}{key} must be a positive integer")
     return value
+
+
+def _share(table: dict[str, Any], key: str, prefix: str, default: float) -> float:
+    """A dominance share: a number in (0, 1]; 1 switches the rule off (no one can hold more than all of it)."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= 1:
+        raise ConfigError(f"{prefix}{key} must be a number greater than 0 and at most 1, not {value!r}",
+                          hint="0.5 suppresses a value when one individual accounts for more than half of it; "
+                               "1 turns the dominance rule off")
+    return float(value)
 
 
 def _choice(table: dict[str, Any], key: str, prefix: str, default: str) -> str:

@@ -31,6 +31,7 @@ even then only over the first k·M rows of a group (`_at_least`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -149,7 +150,8 @@ def source(ds: DatasetConfig, ctx: Ctx) -> Frame:
                       by_unit=mine if profile.rows_max == 1 or n == ds.privacy_unit else frozenset())
         for n, t in schema.items()
     }
-    unit = Unit(unit_col, ds.name, ds.min_group_size, ds.on_violation, profile.rows_max, profile.nonnull)
+    unit = Unit(unit_col, ds.name, ds.min_group_size, ds.on_violation, profile.rows_max, profile.nonnull,
+                ds.max_share)
     return Frame(Step("scan", (), (ds.name,)), columns, (unit,), frozenset({ds.name}), lf)
 
 
@@ -377,12 +379,36 @@ def _materialize_preds(frame: Frame, exprs: list[Expr], ctx: Ctx) -> tuple[list[
     return per_expr, new_cols, names
 
 
+def probe(exprs: list[Expr], frame: Frame, ctx: Ctx, role: str = "a select") -> None:
+    """Check lengths (`rules.check_lengths`, as `role`), then types on made-up rows of `frame`'s column types.
+
+    Why every verb, row-level or not: polars checks some types only when a row
+    reaches the operation (`-(x > 3)`, `-pl.col("zip")`), so without this the
+    error would come only when a filter kept someone, an oracle on who is there.
+    `rules.check_masked` does the same for filters, keys and aggregate inputs of
+    row-level frames; this covers the rest (row-level select/with_columns, and
+    every verb on aggregated frames, whose rows are data too).
+
+    The length rule matters on aggregated frames too: there a value whose count
+    depends on the data (`pl.col("m").filter(c) + pl.col("m")`) fails only for
+    some values of `m`, an oracle on what review would otherwise guard.
+    """
+    dtypes = {n: info.dtype for n, info in frame.columns.items()}
+    for e in exprs:
+        rules.check_lengths(e, role, ctx.position)
+        try:
+            C.probe(e, dtypes)
+        except PlanError as exc:
+            raise exc.with_position(ctx.position) from None
+
+
 def select(frame: Frame, exprs: list[Expr], ctx: Ctx, *, keep: bool = False) -> Frame:
     """`select` (keep=False) or `with_columns` (keep=True) of expanded expressions."""
     for e in exprs:
         check_columns(e, frame, ctx)
     if frame.row_level and not keep and exprs and all(rules.level(e) == "scalar" for e in exprs):
-        return aggregate(frame, [], exprs, ctx, verb="select")
+        return aggregate(frame, [], exprs, ctx, verb="select")  # probes each input (`rules.check_masked`)
+    probe(exprs, frame, ctx)
     if frame.pending and not all(isinstance(e, Col) for e in exprs):
         frame = materialize(frame)
     violations = frame.violations
@@ -423,6 +449,8 @@ def filter_(frame: Frame, preds: list[Expr], ctx: Ctx) -> Frame:
         for p in preds:
             rules.check_masked(p, frame.columns, "a filter condition", _dataset(frame), ctx.position)
             violations = _violations(frame.evolve(violations=violations), rules.row_expr_violations(p, "a filter"))
+    else:
+        probe(preds, frame, ctx, "a filter")
     lf = frame.lf.filter(*[C.expr(p) for p in preds])
     return _finish(frame.evolve(step=Step("filter", (frame,), tuple(preds)), lf=lf, violations=violations), ctx)
 
@@ -437,6 +465,8 @@ def sort(frame: Frame, by: list[Expr], ctx: Ctx, descending: Any, nulls_last: bo
         for e in by:
             rules.check_masked(e, frame.columns, "a sort key", _dataset(frame), ctx.position)
             violations = _violations(frame.evolve(violations=violations), rules.row_expr_violations(e, "a sort key"))
+    else:
+        probe(by, frame, ctx, "a sort key")
     kwargs: dict[str, Any] = {}
     if descending is not None:
         kwargs["descending"] = descending
@@ -522,12 +552,211 @@ class _Checks:
     zeros: list[pl.Expr]  # "no individual on this side" tests, exact and cheap
     group_ok: pl.Expr | None
     cells: list[pl.Expr | None]
+    stats: list[pl.Expr] = field(default_factory=list)  # the dominance rule's aggregations (`_Dom`)
+    doms: list[_Dom] = field(default_factory=list)  # dominance tests that may need the exact pass
 
 
-def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx) -> _Checks:
-    """Polars aggregations deciding the group threshold and each cell's support."""
+@dataclass(frozen=True, eq=False)
+class _Dom:
+    """One dominance test (`rules.dominated`): one value's input, one unit, per group.
+
+    The aggregation itself computes, over the values the aggregate is fed,
+    their count, mean, sum of squared deviations (var(ddof=0) * count),
+    largest and smallest: five aggregates in the same pass, which decide
+    `rules.dominance_bound` (`quick`: True clear, False dominated, null open;
+    M = None, rows per individual unknown: open unless all values are equal).
+    With one row per individual nothing is ever open. An open group (M > 1
+    rows per individual, and the bound cannot tell) takes the exact test per
+    individual, ``<name>_x`` (`_dominance_exact`): in the lazy frame for every
+    group, in `FastChecks` for the open groups only. Same answer either way.
+    """
+
+    name: str
+    unit: Unit
+    value: Expr  # the aggregate's input as written (`x.filter(c)` in `x.filter(c).sum()`)
+    quick: pl.Expr
+
+
+def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: list[_Dom],
+               numeric: str | None = None) -> pl.Expr | None:
+    """Whether no individual of any unit dominates `value` (a column test over the aggregation's output).
+
+    Appends the aggregations it reads to `stats` and the tests that may need
+    the exact pass to `doms`. None when every unit switched the rule off.
+    `numeric` ("int" or "float"): the value is such a column, aggregated as it
+    is (a cast of every row costs more than the five aggregates themselves);
+    anything else (booleans, dates, decimals) is read as Float64 row by row.
+    Integers beyond 2^53 fail closed: Float64 cannot tell them apart, while
+    their integer sum is exact (`(x + 2**62).sum()` must not look all-equal).
+    """
+    live = [u for u in units if u.max_share < 1]
+    if not live:
+        return None
+    x = C.expr(value) if numeric else C.expr(value).to_physical().cast(pl.Float64, strict=False)
+    n, mean, ss, hi, lo = (ctx.fresh("d") for _ in range(5))
+    stats += [x.count().alias(n), x.mean().cast(pl.Float64).alias(mean),
+              (x.var(ddof=0).cast(pl.Float64) * x.count()).alias(ss),
+              x.max().cast(pl.Float64).alias(hi), x.min().cast(pl.Float64).alias(lo)]
+    mean_, ss_ = pl.col(mean), pl.col(ss)
+    dev2 = pl.max_horizontal((pl.col(hi) - mean_) ** 2, (pl.col(lo) - mean_) ** 2)
+    # NaN compares as the largest value in polars, so finiteness is tested, never implied.
+    finite = mean_.is_finite() & ss_.is_finite() & dev2.is_finite()
+    if numeric == "int":
+        finite = finite & (pl.col(hi).abs() <= _EXACT_INT) & (pl.col(lo).abs() <= _EXACT_INT)
+    equal = pl.col(hi) == pl.col(lo)  # SS = 0: no one dominates (and no rounding noise decides)
+    out: pl.Expr | None = None
+    for u in live:
+        s, m = u.max_share, u.rows_max
+        spread_ok = equal if m is None else equal | (dev2 * m <= ss_ * s)
+        rows_ok = pl.lit(False) if m is None else pl.col(n) * s >= m
+        quick = (pl.when(pl.col(n) == 0).then(True)
+                 .when(~finite).then(False)
+                 .when(pl.col(n) * s < 1).then(False)  # one value is already too many values
+                 .when(~equal & (dev2 > ss_ * s)).then(False)  # one row alone holds too much: its individual does
+                 .when(spread_ok & rows_ok).then(True)
+                 .otherwise(None))
+        if u.rows_max == 1:
+            ok = quick.fill_null(False)
+        else:
+            name = ctx.fresh("dx")
+            doms.append(_Dom(name, u, value, quick))
+            ok = pl.when(quick.is_not_null()).then(quick).otherwise(pl.col(f"{name}_x").fill_null(False))
+        out = ok if out is None else out & ok
+    return out
+
+
+_EXACT_INT = float(2**53)  # integers Float64 still holds exactly
+_SAFE_REORDER = frozenset({"drop_nulls", "sort", "sort_by", "reverse"})
+
+
+def _dominance_rows(value: Expr, keys: tuple[pl.Expr, ...]) -> pl.Expr | None:
+    """`value` with one value per input row, as the aggregate sees it per group (None: no such form).
+
+    A filter becomes nulls (`rules.aligned`), which the aggregate skips too;
+    anything computed per group inside (`x - x.mean()`) is computed per group
+    (`over`). `unique` and friends change which values there are, so they have
+    no row form: an open group with them is suppressed (fail closed).
+    """
+    if any(isinstance(n, Call) and n.fn in rules.REORDERING and n.fn not in _SAFE_REORDER for n in walk(value)):
+        return None
+    row = C.expr(rules.aligned(value))
+    if keys and not rowwise(rules.aligned(value)):
+        row = row.over(list(keys))
+    return row.to_physical().cast(pl.Float64, strict=False)
+
+
+def _dominance_exact(source: pl.LazyFrame, keys: tuple[pl.Expr, ...], key_names: tuple[str, ...],
+                     doms: list[_Dom]) -> pl.LazyFrame:
+    """``<name>_x`` per group: the exact dominance test per individual, `rules.dominated` in polars.
+
+    Per (group, individual): count, mean, squared deviations about the
+    individual's own mean, largest and smallest; then per group
+    D_u = within_u + n_u (mean_u - mean)^2, which sums exactly to the group's
+    squared deviations without subtracting large squares (a shift by 1e15
+    must not round the test away). Rows without the unit's id count in the
+    totals, never as an individual. Only the columns it needs are read.
+    """
+    tmp = [f"{RESERVED_PREFIX}_dk{i}" for i in range(len(keys))]
+    ident = f"{RESERVED_PREFIX}_did"
+    tables: list[pl.LazyFrame] = []
+    by_unit: dict[str, list[_Dom]] = {}
+    for d in doms:
+        by_unit.setdefault(d.unit.column, []).append(d)
+    for column, group in by_unit.items():
+        rows = [_dominance_rows(d.value, keys) for d in group]
+        base = source.select([*(k.alias(t) for k, t in zip(keys, tmp)), pl.col(column).alias(ident),
+                              *(r.alias(f"v{i}") for i, r in enumerate(rows) if r is not None)])
+        per_unit = []
+        for i, r in enumerate(rows):
+            if r is None:
+                continue
+            v = pl.col(f"v{i}")
+            per_unit += [v.count().cast(pl.Float64).alias(f"n{i}"), v.mean().alias(f"m{i}"),
+                         (v.var(ddof=0) * v.count()).alias(f"w{i}"), v.max().alias(f"h{i}"), v.min().alias(f"l{i}")]
+        tests = []
+        for i, (d, r) in enumerate(zip(group, rows)):
+            if r is None:
+                tests.append(pl.lit(False).alias(f"{d.name}_x"))
+                continue
+            n_u, m_u = pl.col(f"n{i}"), pl.col(f"m{i}")
+            total_n = n_u.sum()
+            mean = (n_u * m_u).sum() / total_n
+            dev = pl.col(f"w{i}") + n_u * (m_u - mean) ** 2
+            total = dev.sum()
+            someone = pl.col(ident).is_not_null()
+            top, most = dev.filter(someone).max(), n_u.filter(someone).max()
+            share = d.unit.max_share
+            ok = (pl.when(total_n == 0).then(True)
+                  .when(~total.is_finite()).then(False)
+                  .when(most > total_n * share).then(False)
+                  .when(top.is_null() | (total <= 0) | (pl.col(f"h{i}").max() == pl.col(f"l{i}").min())).then(True)
+                  .otherwise(top <= total * share))
+            tests.append(ok.alias(f"{d.name}_x"))
+        if per_unit:
+            table = base.group_by([*tmp, ident]).agg(per_unit)
+            table = table.group_by(tmp).agg(tests) if tmp else table.select(tests)
+        else:
+            table = (base.group_by(tmp).agg(tests) if tmp else base.select(tests).head(1))
+        tables.append(table)
+    out = tables[0]
+    for t in tables[1:]:
+        out = out.join(t, on=tmp, how="left", nulls_equal=True) if tmp else out.join(t, how="cross")
+    return out.rename(dict(zip(tmp, key_names)))
+
+
+def _open_dominance(source: pl.LazyFrame, first: pl.LazyFrame, keys: tuple[pl.Expr, ...],
+                    key_names: tuple[str, ...], doms: list[_Dom]) -> pl.LazyFrame | None:
+    """The lazy frame's exact dominance tests, over only the groups the bound leaves open.
+
+    Same answer as `FastChecks.second`; reading only the open groups' rows keeps
+    a frame computed further (sorted, filtered, joined) near the query's own
+    cost where most groups are settled by the bound (polars computes the shared
+    aggregation once).
+    """
+    if not doms:
+        return None
+    if not keys:
+        return _dominance_exact(source, (), (), doms)
+    tmp = [f"{RESERVED_PREFIX}_fk{i}" for i in range(len(keys))]
+    open_ = functools.reduce(operator.or_, [d.quick.is_null() for d in doms])
+    wanted = first.filter(open_).select([pl.col(n).alias(t) for n, t in zip(key_names, tmp)])
+    rows = source.with_columns([k.alias(t) for k, t in zip(keys, tmp)]).join(wanted, on=tmp, how="semi",
+                                                                            nulls_equal=True)
+    return _dominance_exact(rows, tuple(pl.col(t) for t in tmp), key_names, doms)
+
+
+def _numeric_values(frame: Frame, facts: list[rules.AggFacts]) -> dict[Expr, str]:
+    """The dominance inputs that are integer ("int") or float ("float") columns (one schema lookup)."""
+    values = list(dict.fromkeys(v for f in facts for v in f.values))
+    if not values:
+        return {}
+    try:
+        types = frame.lf.select([C.expr(rules.aligned(v)).alias(f"v{i}") for i, v in enumerate(values)]) \
+            .collect_schema().dtypes()
+    except Exception:  # noqa: BLE001 - no type, no shortcut: every row is read as Float64 instead
+        return {}
+    return {v: "int" if t.is_integer() else "float" for v, t in zip(values, types) if t.is_integer() or t.is_float()}
+
+
+def _with_dominance(lf: pl.LazyFrame, exact: pl.LazyFrame | None, key_names: tuple[str, ...],
+                    doms: list[_Dom]) -> pl.LazyFrame:
+    """The aggregation with each open dominance test's exact answer beside it (null where not computed)."""
+    if not doms:
+        return lf
+    if exact is None:
+        return lf.with_columns([pl.lit(None, pl.Boolean).alias(f"{d.name}_x") for d in doms])
+    if key_names:
+        return lf.join(exact, on=list(key_names), how="left", nulls_equal=True, maintain_order="left")
+    return lf.join(exact, how="cross")
+
+
+def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
+                 numeric: dict[Expr, str] | None = None) -> _Checks:
+    """Polars aggregations deciding the group threshold and each cell's support and dominance."""
     terms: list[_Term] = []
     zeros: list[pl.Expr] = []
+    stats: list[pl.Expr] = []
+    doms: list[_Dom] = []
 
     def at_least(u: Unit, mask: pl.Expr | None) -> pl.Expr:
         name = ctx.fresh("q")
@@ -560,8 +789,12 @@ def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx) -> _C
                 f = C.expr(p)
                 c = (at_least(u, f) | none_with_id(u, f)) & at_least(u, ~f)
                 cell = c if cell is None else cell & c
+        for value in facts.values:  # the dominance rule, per unit (`_dominance`)
+            c = _dominance(value, units, ctx, stats, doms, (numeric or {}).get(value))
+            if c is not None:
+                cell = c if cell is None else cell & c
         cells.append(cell)
-    return _Checks(terms, zeros, group_ok, cells)
+    return _Checks(terms, zeros, group_ok, cells, stats, doms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -575,7 +808,9 @@ class FastChecks:
     pass counts rows only (it streams): a group with at least k·M rows holds
     at least k individuals, one with fewer than k rows fewer than k; only the
     groups in between get the exact test, in a second pass over just those
-    groups (`release.release_aggregate`). Same answer, bit for bit.
+    groups (`release.release_aggregate`). Same answer, bit for bit. The
+    dominance rule works the same way (`_Dom`): its bound rides in the first
+    pass, and only groups it leaves open get the exact per-individual test.
     """
 
     first: pl.LazyFrame  # aggregates + row counts per fast term + everything else the frame computes
@@ -584,27 +819,63 @@ class FastChecks:
     key_names: tuple[str, ...]
     terms: tuple[_Term, ...]  # the terms with a row-count form
     post: Any  # LazyFrame with every term column as a boolean -> the frame's final columns
+    doms: tuple[_Dom, ...] = ()  # dominance tests whose bound may leave a group open
+
+    def _open(self) -> tuple[pl.Expr, pl.Expr]:
+        """Which first-pass rows a term's row count leaves open, and which a dominance bound does."""
+        terms = [(pl.col(t.name) >= t.unit.k) & (pl.col(t.name) < t.unit.k * (t.unit.rows_max or 1))
+                 for t in self.terms]
+        doms = [d.quick.is_null() for d in self.doms]
+        return (functools.reduce(operator.or_, terms, pl.lit(False)),
+                functools.reduce(operator.or_, doms, pl.lit(False)))
 
     def undecided(self, df: pl.DataFrame) -> pl.DataFrame:
-        """Rows of the first pass where some term's row count leaves the answer open."""
-        open_ = [(pl.col(t.name) >= t.unit.k) & (pl.col(t.name) < t.unit.k * (t.unit.rows_max or 1))
-                 for t in self.terms]
-        return df.filter(functools.reduce(operator.or_, open_)) if open_ else df.clear()
+        """Rows of the first pass where some term's row count (or dominance bound) leaves the answer open."""
+        terms, doms = self._open()
+        return df.filter(terms | doms)
 
     def second(self, rows: pl.DataFrame) -> pl.LazyFrame:
-        """The exact terms for those groups only."""
+        """The exact terms (and dominance tests, as ``<name>_x``) for those groups only, each test
+        only where it is open: the two passes read just the rows of their own groups."""
         exact = [t.exact.alias(t.name) for t in self.terms]
         if not self.keys:
-            return self.source.select(exact)
+            out = self.source.select(exact)
+            if self.doms:
+                out = out.join(_dominance_exact(self.source, (), (), list(self.doms)), how="cross")
+            return out
         tmp = [f"{RESERVED_PREFIX}_fk{i}" for i in range(len(self.keys))]  # new columns: nothing is replaced
-        wanted = rows.select([pl.col(n).alias(t) for n, t in zip(self.key_names, tmp)]).lazy()
-        return self.source.with_columns([k.alias(t) for k, t in zip(self.keys, tmp)]) \
-            .join(wanted, on=tmp, how="semi", nulls_equal=True) \
-            .group_by(tmp).agg(exact).rename(dict(zip(tmp, self.key_names)))
+        keyed = self.source.with_columns([k.alias(t) for k, t in zip(self.keys, tmp)])
+        term_open = self._open()[0]
+
+        def only(cond: pl.Expr) -> pl.LazyFrame:
+            wanted = rows.filter(cond).select([pl.col(n).alias(t) for n, t in zip(self.key_names, tmp)]).lazy()
+            return keyed.join(wanted, on=tmp, how="semi", nulls_equal=True)
+
+        groups = rows.select([pl.col(n).alias(t) for n, t in zip(self.key_names, tmp)]).lazy()
+        if rows.filter(term_open).height:
+            out = groups.join(only(term_open).group_by(tmp).agg(exact), on=tmp, how="left", nulls_equal=True)
+        else:  # every term settled by its row count: do not read the input for nothing
+            out = groups.with_columns([pl.lit(None, pl.Boolean).alias(t.name) for t in self.terms])
+        # Per unit, only its tests that some group leaves open, over only those groups: on a cross
+        # join each pass reads tens of millions of rows, so a test the bound settled costs nothing.
+        for unit in dict.fromkeys(d.unit.column for d in self.doms):
+            mine = [d for d in self.doms if d.unit.column == unit and rows.filter(d.quick.is_null()).height]
+            if mine:
+                cond = functools.reduce(operator.or_, [d.quick.is_null() for d in mine])
+                dom = _dominance_exact(only(cond), tuple(pl.col(t) for t in tmp), tuple(tmp), mine)
+                out = out.join(dom, on=tmp, how="left", nulls_equal=True)
+        return out.rename(dict(zip(tmp, self.key_names)))
 
     def finish(self, df: pl.DataFrame, exact: pl.DataFrame | None) -> pl.LazyFrame:
         """The frame's result from the first pass and the exact answers where they were needed."""
         lf = df.lazy()
+        dom_x = [f"{d.name}_x" for d in self.doms]
+        if exact is not None and exact.height and dom_x:
+            exact = exact.with_columns([pl.lit(None, pl.Boolean).alias(x) for x in dom_x if x not in exact.columns])
+            lf = _with_dominance(lf, exact.select([*self.key_names, *dom_x]).lazy(), self.key_names, list(self.doms))
+            exact = exact.drop(dom_x)
+        else:
+            lf = _with_dominance(lf, None, self.key_names, list(self.doms))
         if exact is not None and exact.height:
             renamed = exact.rename({t.name: f"{t.name}_x" for t in self.terms})
             if self.key_names:
@@ -643,13 +914,13 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     facts = [rules.analyse_agg(a, frame.columns) for a in aggs]
     for a, f in zip(aggs, facts):
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
-    checks = _unit_checks(frame.units, facts, ctx)
+    checks = _unit_checks(frame.units, facts, ctx, _numeric_values(frame, facts))
     outs = _out_names_agg(frame, keys, aggs, ctx)
     cell_names = [ctx.fresh("c") if c is not None else None for c in checks.cells]
     agg_exprs = [C.expr(a) for a in aggs]
     masks = _cover_masks(aggs, frame.columns)
     cover_counts, cover_fields = _cover_counts(frame.units, masks, ctx)
-    common = [*checks.zeros, *cover_counts]
+    common = [*checks.zeros, *checks.stats, *cover_counts]
     cover = ctx.fresh(COVER_KIND)
     key_exprs = [C.expr(k) for k in keys]
     out_names = [n for n, _ in outs]
@@ -678,12 +949,15 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         lf = lf.with_columns(pl.struct([*key_fields, *cover_fields, *_released_words(masks, cell_names)]).alias(cover))
         return lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
 
-    lf = post(first_pass([t.exact.alias(t.name) for t in checks.terms]))
+    key_names = tuple(out_names[:len(keys)])
+    lazy_first = first_pass([t.exact.alias(t.name) for t in checks.terms])
+    dom_exact = _open_dominance(frame.lf, lazy_first, tuple(key_exprs), key_names, checks.doms)
+    lf = post(_with_dominance(lazy_first, dom_exact, key_names, checks.doms))
     fast = None
     if any(t.rows is not None for t in checks.terms):
         first = first_pass([(t.rows if t.rows is not None else t.exact).alias(t.name) for t in checks.terms])
-        fast = FastChecks(first, frame.lf, tuple(key_exprs), tuple(out_names[:len(keys)]),
-                          tuple(t for t in checks.terms if t.rows is not None), post)
+        fast = FastChecks(first, frame.lf, tuple(key_exprs), key_names,
+                          tuple(t for t in checks.terms if t.rows is not None), post, tuple(checks.doms))
     columns = {n: ColumnInfo(t) for n, t in outs}
     out = Frame(
         Step(verb, (frame,), (tuple(keys), tuple(aggs), fast)), columns, (), frame.datasets, lf,
@@ -783,10 +1057,10 @@ def _cover_counts(units: tuple[Unit, ...], masks: list[Mask], ctx: Ctx) -> tuple
         has_id = None if u.nonnull else pl.col(u.column).is_not_null()
         parts = [(f"n{j}", pl.len() if has_id is None else pl.col(u.column).count())]
         parts += [(f"t{j}_{i}", (mask if has_id is None else mask & has_id).sum()) for i, (mask, _) in enumerate(masks)]
-        for field, e in parts:
+        for label, e in parts:
             name = ctx.fresh("t")
             aggs.append(e.cast(pl.Int64).alias(name))
-            fields.append(pl.col(name).alias(field))
+            fields.append(pl.col(name).alias(label))
     return aggs, fields
 
 
@@ -815,6 +1089,8 @@ def _out_names_agg(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx) -
 
 def _plain_aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, maintain_order: bool) -> Frame:
     """Aggregating already-released-grade groups: no individuals left to protect per row."""
+    probe(keys, frame, ctx, "a group key")
+    probe(aggs, frame, ctx, rules.AGGREGATE_INPUT)
     outs = _out_names_agg(frame, keys, aggs, ctx)
     k = [C.expr(e) for e in keys]
     a = [C.expr(e) for e in aggs]
@@ -878,8 +1154,7 @@ def join(left: Frame, right: Frame, ctx: Ctx, *, on: list[Expr] | None, left_on:
     # Fresh names for the right side's bookkeeping columns, so a self-join keeps both.
     mapping = {h: ctx.fresh(h[len(RESERVED_PREFIX) + 1]) for h in right.hidden}
     r_lf = right.lf.rename(mapping)
-    r_units = tuple(Unit(mapping[u.column], u.dataset, u.k, u.on_violation, u.rows_max, u.nonnull)
-                    for u in right.units)
+    r_units = tuple(dataclasses.replace(u, column=mapping[u.column]) for u in right.units)
     r_preds = tuple(mapping[p] for p in right.preds)
     r_columns = {n: ColumnInfo(i.dtype, i.masked, mapping.get(i.unit_of) if i.unit_of else None,
                                frozenset(mapping[p] for p in i.preds), i.nonlinear,
@@ -924,10 +1199,10 @@ def join(left: Frame, right: Frame, ctx: Ctx, *, on: list[Expr] | None, left_on:
     else:
         match_r = _max_match(rk or [], r_columns, r_units)
         match_l = _max_match(lk or [], left.columns, left.units)
-    units = tuple(Unit(u.column, u.dataset, u.k, u.on_violation, _times(u.rows_max, match_r),
-                       u.nonnull and how in ("inner", "left", "cross")) for u in left.units) + \
-        tuple(Unit(u.column, u.dataset, u.k, u.on_violation, _times(u.rows_max, match_l),
-                   u.nonnull and how in ("inner", "right", "cross")) for u in r_units)
+    units = tuple(dataclasses.replace(u, rows_max=_times(u.rows_max, match_r),
+                                      nonnull=u.nonnull and how in ("inner", "left", "cross")) for u in left.units) + \
+        tuple(dataclasses.replace(u, rows_max=_times(u.rows_max, match_l),
+                                  nonnull=u.nonnull and how in ("inner", "right", "cross")) for u in r_units)
     preds = left.preds + r_preds
     lf = lf.select([*map(pl.col, columns), *(pl.col(u.column) for u in units), *map(pl.col, preds)])
     out = Frame(
@@ -998,6 +1273,7 @@ def unique(frame: Frame, subset: list[Expr] | None, ctx: Ctx, maintain_order: bo
                   if subset is not None and Col(n) not in subset and not info.masked]
         return aggregate(frame, keys, others, ctx, verb="unique", maintain_order=maintain_order)
     frame = materialize(frame)
+    probe(list(subset or []), frame, ctx, "a unique subset")
     kwargs: dict[str, Any] = {"maintain_order": maintain_order}
     if keep:
         kwargs["keep"] = keep

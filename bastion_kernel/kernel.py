@@ -131,6 +131,10 @@ class BastionKernel(Kernel):
                                "Your variables are kept. The owner's logs have the details.", silent)
         if result["error"] is not None:
             clear_progress(True)
+            if not silent:  # requests filed before the failing statement exist: show them (the error names them)
+                for p in result.get("pending", []):
+                    self.send_response(self.iopub_socket, "display_data",
+                                       {"data": self.reviews.show(ReviewPending(**p)), "metadata": {}})
             return self._error(result["error"]["title"], result["error"]["text"], silent)
         # A review request becomes a live widget; everything else is the worker's static bundle.
         value = result["value_pending"]

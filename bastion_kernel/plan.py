@@ -192,6 +192,9 @@ class Unit:
     # it lets the threshold count rows instead of distinct ids (see `frames._at_least`).
     rows_max: int | None = None
     nonnull: bool = False  # no row of the frame lacks this unit's id
+    # The dataset's dominance rule (`policy.rules.dominated`): no individual may hold more than this
+    # share of a released sum/mean/std/var's squared deviations; 1 switches it off.
+    max_share: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,21 @@ def run_all(lfs: list[pl.LazyFrame]) -> list[pl.DataFrame]:
             f"the query failed while running ({type(exc).__name__}); details are withheld because they can quote data",
             hint="check types with .schema; casts to a type that cannot hold a value give null",
         ) from None
+    except pl.exceptions.PanicException:  # a BaseException (pyo3): without this the cell never gets a reply
+        raise panic_error() from None
+
+
+def panic_error() -> ExecutionError:
+    """The one answer to a Rust panic inside polars, wherever it surfaces.
+
+    A backstop only: the constructs known to panic on some values are refused
+    before anything runs (`compile.check_temporal`); this keeps the kernel
+    answering, in words that say nothing about the data, if polars finds another.
+    """
+    return ExecutionError(
+        "the query failed inside polars (an internal error); details are withheld because they can quote data",
+        hint="your variables are kept; try the computation another way, e.g. on numbers instead of dates",
+    )
 
 
 def visible(frame: Frame) -> pl.LazyFrame:
@@ -181,8 +196,9 @@ def release_aggregate(frame: Frame, limits: Limits) -> Released:
         # whether anyone earns more than X. The count stays in `withheld_groups` for the audit log.
         notes.append(WITHHELD_NOTE)
     if suppressed:
+        # One text for both causes: which rule fired is itself a fact about the group's individuals.
         notes.append(f"{suppressed} value(s) were suppressed (shown as null): a condition inside the aggregate "
-                     "left too few individuals on one side")
+                     "left too few individuals on one side, or one individual dominated the value")
     return Released(df, withheld, suppressed, tuple(notes), tuple(frame.masked_columns()), cover=Cover(tuple(parts)))
 
 

@@ -142,6 +142,13 @@ class Session:
             result = self._last
             result.error = LimitError("the cell nests too deeply (limit max_depth)")
             result.outcome, result.reason = "refused", result.error.message
+        except pl.exceptions.PanicException:  # a BaseException: polars' Rust panics, outside `release.run`
+            result = self._last
+            result.value = None
+            result.error = R.panic_error()
+            result.outcome, result.reason = "error", result.error.message
+        if result.error is not None and result.pending:
+            result.error = _naming_requests(result.error, result.pending)
         if self._replay is None:
             self.audit.record(
                 "cell", source=source, outcome=result.outcome, reason=result.reason, rows=result.rows,
@@ -294,10 +301,11 @@ class Session:
                     "dataset": list(ds), "privacy_unit": [d.privacy_unit or "(each row)" for d in ds.values()],
                     "masked": [", ".join(d.masked) for d in ds.values()],
                     "min_group_size": [d.min_group_size for d in ds.values()],
+                    "max_share": [d.max_share for d in ds.values()],
                     "on_violation": [d.on_violation for d in ds.values()],
                 },
                 schema={"dataset": pl.String, "privacy_unit": pl.String, "masked": pl.String,
-                        "min_group_size": pl.Int64, "on_violation": pl.String},
+                        "min_group_size": pl.Int64, "max_share": pl.Float64, "on_violation": pl.String},
             )
         if name == "policy":
             p = it.bind((Param("dataset", "str", True),), args, kwargs, "policy()")
@@ -342,16 +350,22 @@ class Session:
         unit = f"`{ds.privacy_unit}`" if ds.privacy_unit else "each row"
         masked = ", ".join(f"`{m}`" for m in ds.masked) or "none"
         action = "sent to the owner for review" if ds.on_violation == "review" else "refused"
-        return (
-            f"Dataset {name}: one individual is {unit}.\n"
+        lines = [
+            f"Dataset {name}: one individual is {unit}.",
             f"- Aggregates (count, sum, mean, n_unique, std, var) are released at once when every group holds at "
-            f"least {ds.min_group_size} distinct individuals; smaller groups are withheld.\n"
+            f"least {ds.min_group_size} distinct individuals; smaller groups are withheld.",
             f"- Conditions inside an aggregate must leave at least {ds.min_group_size} individuals on each side, "
-            "or that value is suppressed.\n"
+            "or that value is suppressed.",
+        ]
+        if ds.max_share < 1:
+            lines.append(f"- A sum, mean, std or var is suppressed where one individual holds more than "
+                         f"{ds.max_share:.0%} of its values or of their spread around the mean (dominance).")
+        lines += [
             f"- Masked columns: {masked}. They show only as '*' and cannot be filtered, grouped, joined, sorted or "
-            "aggregated on.\n"
-            f"- Row-level results, min/max/median/quantiles/first/last and list aggregates are {action}."
-        )
+            "aggregated on.",
+            f"- Row-level results, min/max/median/quantiles/first/last and list aggregates are {action}.",
+        ]
+        return "\n".join(lines)
 
     # ------------------------------------------------------------ released values
     def is_released(self, value: Any) -> bool:
@@ -462,11 +476,30 @@ class Session:
             raise PlanError(f"the bins cannot be chosen from this frame's data ({decision.text()})",
                             hint="give them yourself: .plot.hist(column, bins=20, range=[lo, hi])")
         out = self.release(stats, it.source)
-        row = out.df.row(0, named=True) if isinstance(out, R.Released) and out.df.height else None
-        if row is None or row["mean"] is None or row["std"] is None:
-            raise PlanError("too few individuals to choose the bins from the data",
-                            hint="give them yourself: .plot.hist(column, bins=20, range=[lo, hi])")
+        hint = "give them yourself: .plot.hist(column, bins=20, range=[lo, hi])"
+        if not isinstance(out, R.Released):  # the differencing check held the mean/std back
+            raise PlanError(f"the mean and std of `{column}` that would choose the bins were held back: {out.reason}",
+                            hint=hint)
+        row = out.df.row(0, named=True) if out.df.height else None
+        if row is None:
+            raise PlanError("too few individuals to choose the bins from the data", hint=hint)
+        if row["mean"] is None or row["std"] is None:
+            raise PlanError(f"the mean or std of `{column}` is missing (too few values, or withheld)", hint=hint)
         return float(row["mean"]), float(row["std"])
+
+
+def _naming_requests(error: BastionError, pending: list[R.ReviewPending]) -> BastionError:
+    """`error`, also naming the review requests the cell filed before it failed.
+
+    Why: a cell's variables are kept only when every statement ran, but a review
+    request, once filed, exists (the owner sees it); without this the error
+    would be all the analyst sees of it.
+    """
+    ids = ", ".join(p.request_id for p in pending)
+    fetch = pending[0].request_id
+    error.message += (f" (before this error, the cell filed review request {ids}: it stays pending for the owner; "
+                      f'requests() lists it, fetch("{fetch}") shows it once approved)')
+    return error
 
 
 def _as_float(v: Any) -> float | None:

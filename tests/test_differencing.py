@@ -172,8 +172,9 @@ ATTACKS = [
     pytest.param(['people.filter(pl.col("age") < 50).select(pl.col("income").sum()).collect()'],
                  'people.filter((pl.col("age") < 50) | (pl.col("pid") == 77)).select(pl.col("income").sum()).collect()',
                  id="tracker-filter-A-or-one-person"),
-    pytest.param(['people.select(pl.col("income").filter(pl.col("age") < 50).sum()).collect()'],
-                 'people.select(pl.col("income").filter((pl.col("age") < 50) | pl.col("pid").is_between(77, 86))'
+    # Ages, not incomes: with the canary's income in it the second sum is suppressed (dominance) first.
+    pytest.param(['people.select(pl.col("age").filter(pl.col("age") < 50).sum()).collect()'],
+                 'people.select(pl.col("age").filter((pl.col("age") < 50) | pl.col("pid").is_between(77, 86))'
                  '.sum()).collect()',
                  id="tracker-inside-the-aggregate"),
     pytest.param(['people.select(pl.when(pl.col("age") < 50).then(pl.col("income")).otherwise(0).sum()).collect()'],

@@ -85,6 +85,7 @@ from typing import Any
 
 import polars as pl
 
+from .. import db
 from ..config import DatasetConfig
 from ..errors import ExecutionError
 from ..plan import Unit, Violation
@@ -96,7 +97,6 @@ from .members import list_members as _list_members
 from .members import released_conditions as _released_conditions
 
 DB_NAME = "history.db"
-BUSY_TIMEOUT_MS = 30_000
 PREFIX = 32  # indices kept per set for the prefix filter (covers any k <= PREFIX; larger k skips the filter)
 BUCKETS = 64  # sketch: units per bucket (`bucket`)
 SMALL = 4_096  # sets up to this size are compared in Python, larger ones with a polars join
@@ -593,22 +593,14 @@ class HistoryStore:
         key = (os.getpid(), threading.get_ident())
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "key", None) != key:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn = db.connect(self.path, named_rows=True)
             self._local.conn, self._local.key = conn, key
         yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, db.transaction(conn):
+            yield conn
 
     # ------------------------------------------------------------ the check
 
@@ -649,7 +641,7 @@ class HistoryStore:
                     plan = self._plan(conn, user, scopes)
                 if isinstance(plan, Finding):
                     return plan
-                if self._refine(plan, cover, scopes, sized):
+                if self._refine(plan, cover, scopes, sized, memory_mb):
                     continue  # exact sizes replaced ranges: the pairs may be gone
                 self._prepare(plan, cover, scopes, listed, memory_mb)
                 with self._lock, self._write() as conn:
@@ -934,7 +926,8 @@ class HistoryStore:
         for release_id, scope in sorted(stored):
             self._await(release_id, scope)
 
-    def _refine(self, plan: dict, cover: Cover, scopes: dict[str, _Scope], sized: set[tuple[int, int]]) -> bool:
+    def _refine(self, plan: dict, cover: Cover, scopes: dict[str, _Scope], sized: set[tuple[int, int]],
+                memory_mb: int = 1024) -> bool:
         """Exact sizes for the sets in a pair that only have a size range (several rows per individual):
         one distinct count per group, far cheaper than listing members. True when some changed."""
         todo: set[tuple[int, int]] = set()
@@ -948,7 +941,7 @@ class HistoryStore:
         for key in sorted(todo):
             sc = next(sc for sc in scopes.values() if any((u.part, u.j) == key for u in sc.units))
             pu = sc.unit(*key)
-            sizes = _exact_sizes(cover.parts[key[0]], pu)
+            sizes = _exact_sizes(cover.parts[key[0]], pu, memory_mb)
             for d in sc.descs:
                 if (d.part, d.j) == key:
                     size = sizes.get((d.row, d.side))
@@ -971,7 +964,7 @@ class HistoryStore:
         for part, pu in job.units:
             if part.spec.units[pu.j].rows_max == 1:
                 continue
-            for (row, side), size in _exact_sizes(part, pu).items():
+            for (row, side), size in _exact_sizes(part, pu, job.memory_mb).items():
                 no = pu.base + row * pu.stride + side
                 if no in job.set_nos:
                     updates.append((size, size, release_id, scope, no))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .history import CoverPart
 
 BYTES_PER_ROW = 128  # peak memory per listed member while recording (copies included), to size partitions
+BYTES_PER_DISTINCT = 32  # peak memory per distinct (group, id) pair of an exact size (a hash table entry)
 
 
 @dataclass
@@ -113,8 +114,16 @@ def partitions(part: CoverPart, unit: PartUnit, memory_mb: int) -> int:
     return max(1, math.ceil(total * BYTES_PER_ROW / (max(memory_mb, 64) * 2**20 / 8)))
 
 
-def exact_sizes(part: CoverPart, unit: PartUnit) -> dict[tuple[int, int], int]:
-    """(row, side) -> distinct individuals of unit j in that set (the group, each side of each condition)."""
+def exact_sizes(part: CoverPart, unit: PartUnit, memory_mb: int = 4_096) -> dict[tuple[int, int], int]:
+    """(row, side) -> distinct individuals of unit j in that set (the group, each side of each condition).
+
+    Why in hash partitions of the ids: a distinct count keeps every (group, id)
+    pair in a hash table, on the streaming engine too, which is what pushed a
+    capped run past its memory (16M visits rows, three groups: ~12M pairs). Ids
+    in different partitions are different individuals, so the counts of the
+    partitions add up to the exact count; each pass stays within an eighth of
+    `memory_mb` (like `list_members`), at one more read of the input per pass.
+    """
     spec = part.spec
     ids = pl.col(spec.units[unit.j].column)
     aggs = [ids.drop_nulls().n_unique().alias("s0")]
@@ -123,14 +132,23 @@ def exact_sizes(part: CoverPart, unit: PartUnit) -> dict[tuple[int, int], int]:
         aggs += [ids.filter(holds).drop_nulls().n_unique().alias(f"s{2 * i + 1}"),
                  ids.filter(~holds).drop_nulls().n_unique().alias(f"s{2 * i + 2}")]
     names = [f"s{x}" for x in range(1 + 2 * unit.nbits)]
+    total = int(part.rows.struct.field(f"n{unit.j}").sum() or 0) * (1 + unit.nbits)
+    parts = max(1, math.ceil(total * BYTES_PER_DISTINCT / (max(memory_mb, 64) * 2**20 / 8)))
+    table = None
     if spec.keys:
         rows = part.rows.struct.unnest()
         table = rows.select([pl.col(f"k{i}").alias(f"__k{i}") for i in range(len(spec.keys))]).with_row_index("row")
-        got = spec.lf.group_by([k.alias(f"__k{i}") for i, k in enumerate(spec.keys)]).agg(aggs) \
-            .join(table.lazy(), on=[f"__k{i}" for i in range(len(spec.keys))], how="inner", nulls_equal=True) \
-            .select("row", *names).collect(engine="streaming")
-    else:
-        got = spec.lf.select(aggs).select(pl.lit(0, pl.UInt32).alias("row"), *names).collect(engine="streaming")
+    counted: list[pl.DataFrame] = []
+    for p in range(parts):
+        lf = spec.lf if parts == 1 else spec.lf.filter(ids.hash(seed=31) % parts == p)
+        if table is not None:
+            got = lf.group_by([k.alias(f"__k{i}") for i, k in enumerate(spec.keys)]).agg(aggs) \
+                .join(table.lazy(), on=[f"__k{i}" for i in range(len(spec.keys))], how="inner", nulls_equal=True) \
+                .select("row", *names).collect(engine="streaming")
+        else:
+            got = lf.select(aggs).select(pl.lit(0, pl.UInt32).alias("row"), *names).collect(engine="streaming")
+        counted.append(got.select(pl.col("row").cast(pl.Int64), *[pl.col(n).cast(pl.Int64) for n in names]))
+    got = counted[0] if parts == 1 else pl.concat(counted).group_by("row").agg(pl.col(names).sum())
     out: dict[tuple[int, int], int] = {}
     for values in got.iter_rows():
         for side, n in enumerate(values[1:]):

@@ -19,6 +19,10 @@ The rules, in the words of the deployment's privacy officer:
   anything else (`abs`, `clip`, `sign`, `round`, `**`, `str.*`, ...) can turn
   a value into an indicator of one person without writing a condition
   (`(income * (1 - (id - 5).abs().clip(0, 1))).sum()`), so it goes to review;
+- no individual may dominate a released sum, mean, std or var: when one
+  holds more than `max_share` of the value's squared deviations, or of its
+  values, the value is suppressed (`dominated`), or the group's sum is just
+  that person's;
 - values whose number depends on the data (`x.filter(c)`, `x.unique()`,
   `x.head(n)`...) are never lined up against rows or against each other:
   polars would fail only when the counts differ, so "error or not" would tell
@@ -28,6 +32,7 @@ The rules, in the words of the deployment's privacy officer:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..compile import spec_for
@@ -38,6 +43,10 @@ COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
 LOGICAL = frozenset({"&", "|", "^"})
 AUTO_AGGS = frozenset({"sum", "mean", "count", "len", "n_unique", "std", "var", "null_count", "any", "all"})
 NULL_SKIPPING = frozenset({"sum", "mean", "count", "n_unique", "std", "var", "any", "all"})
+# Auto-released aggregates whose value is a linear (sum, mean) or quadratic (std, var) function of
+# the individual values: the dominance rule applies to them. The others are counts (count, len,
+# n_unique, null_count, any, all), which the threshold and the split check already govern.
+VALUE_AGGS = frozenset({"sum", "mean", "std", "var"})
 
 
 def kind_of(node: Expr) -> str:
@@ -251,6 +260,7 @@ class AggFacts:
     supports: list[Expr] = field(default_factory=list)
     lineage_preds: set[str] = field(default_factory=set)
     nonlinear: list[str] = field(default_factory=list)
+    values: list[Expr] = field(default_factory=list)  # inputs of VALUE_AGGS, as written (`dominated`)
 
 
 def analyse_agg(node: Expr, columns: dict[str, ColumnInfo]) -> AggFacts:
@@ -269,6 +279,8 @@ def analyse_agg(node: Expr, columns: dict[str, ColumnInfo]) -> AggFacts:
                 facts.shape.append(name)
             if name in NULL_SKIPPING and not isinstance(n.recv, (Lit, Len)):
                 facts.supports.append(aligned(n.recv))
+            if name in VALUE_AGGS and referenced(n.recv) and n.recv not in facts.values:
+                facts.values.append(n.recv)
             if name == "null_count":
                 check = Call("is_null", aligned(n.recv))
                 if isinstance(n.recv, Col) and not columns[n.recv.name].preds:
@@ -411,6 +423,78 @@ def nonlinear_ops(node: Expr, columns: dict[str, ColumnInfo], *, products: int =
 
     visit(node, [products])
     return out
+
+
+def dominated(rows: list[list[float]], max_share: float) -> bool:
+    """The dominance rule: does one individual hold more than `max_share` of a value?
+
+    `rows[u]` are individual u's values among those the aggregate is fed (after
+    any filter or condition inside it, nulls skipped); mean is their mean over
+    the whole group and SS = sum of (x - mean)^2 over every row. The value is
+    dominated when one individual has
+    - D_u = sum over u's rows of (x - mean)^2 greater than max_share * SS, or
+    - more than max_share of the values (rows).
+
+    Why: the threshold counts individuals, not their weight, so ten people of
+    whom one earns 8.7M have a sum that *is* that person's income.
+    Why squared deviations, not shares of the sum (the classic p% rule): a
+    share of the sum is not shift-invariant: `(income + 1e9).mean()` gives
+    every person about the same share, passes, and minus 1e9 is the outlier's
+    income again. Deviations from the mean do not change when a constant is
+    added or multiplied, and SS is exactly what std and var release.
+    Why rows too: a mean is the individuals' own means weighted by their rows.
+    Someone with 437 visits at one price among 52 other visits pulls the
+    mean onto their price while holding little of the spread; no value can
+    shift or scale a row count. (With one row each this part only asks for
+    at least 1 / max_share values, which the threshold already demands.)
+
+    All values equal (SS = 0) passes the first part. A non-finite value (NaN,
+    inf, an overflow) fails closed: dominated. A `max_share` of 1 switches the
+    rule off. What it does not catch: a group whose values are all alike
+    reveals them all (ten equal incomes, one mean), two outliers just under
+    the share each reveal their sum, and differences of releases are the
+    differencing check's business.
+    """
+    if max_share >= 1:
+        return False
+    values = [x for r in rows for x in r]
+    if not values:
+        return False
+    if not all(math.isfinite(x) for x in values):
+        return True
+    if max(len(r) for r in rows) > max_share * len(values):
+        return True
+    mean = sum(values) / len(values)
+    total = sum((x - mean) * (x - mean) for x in values)  # `*`: an overflow gives inf, not an exception
+    if not math.isfinite(total):
+        return True
+    if total <= 0 or max(values) == min(values):
+        return False
+    return max(sum((x - mean) * (x - mean) for x in r) for r in rows) > max_share * total
+
+
+def dominance_bound(rows_max: int | None, values: int, max_row: float, total: float,
+                    max_share: float) -> bool | None:
+    """`dominated` decided from per-row figures alone, when that is possible (None: weigh each individual).
+
+    `values`: how many values; `max_row`: the largest (x - mean)^2 of one row;
+    `total`: SS. With at most M rows per individual, D_u <= M * max_row and
+    each holds at most M values, while any single row is a lower bound of its
+    individual's D_u. So a group is clear when M * max_row <= max_share * SS
+    and M <= max_share * values, dominated when one row alone exceeds the
+    first, and open otherwise (M = 1: open never). This is what lets the check
+    ride in the same aggregation pass as the query.
+    """
+    if max_share >= 1 or values == 0:
+        return False
+    if not (math.isfinite(max_row) and math.isfinite(total)):
+        return True
+    if 1 > max_share * values or max_row > max_share * total:
+        return True
+    spread_ok = total <= 0 or max_row <= 0 or (rows_max is not None and rows_max * max_row <= max_share * total)
+    if spread_ok and rows_max is not None and rows_max <= max_share * values:
+        return False
+    return None
 
 
 def agg_violations(facts: AggFacts, dataset: str | None, label: str) -> list[tuple[str, str, str]]:

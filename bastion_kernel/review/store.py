@@ -35,13 +35,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import db
 from ..errors import ReviewError
 
 if TYPE_CHECKING:  # imported where snapshots are read or checked, so the kernel process starts without polars
     import polars as pl
 
 DB_NAME = "bastion.db"
-BUSY_TIMEOUT_MS = 30_000
 STATUSES = ("pending", "approved", "rejected", "cancelled")
 
 _SCHEMA = """
@@ -139,7 +139,7 @@ class ReviewStore:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
         with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: once, when the store is opened
             conn.executescript(_SCHEMA)
 
     # ------------------------------------------------------------------ plumbing
@@ -147,10 +147,8 @@ class ReviewStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """One short-lived connection per operation (threads, processes, forks)."""
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn = db.connect(self.path, named_rows=True)
         try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             yield conn
         finally:
             conn.close()
@@ -158,14 +156,8 @@ class ReviewStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front, so a read inside it cannot go stale."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, db.transaction(conn):
+            yield conn
 
     @staticmethod
     def _row(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import POSITION_RE, Arena, Outcome, assert_no_late_leak, assert_no_leak, assert_no_traceback
+from .conftest import POSITION_RE, Arena, Outcome, assert_no_late_leak, assert_no_traceback
 
 CANARY_ONLY = 'pl.col("income") > 8000000'
 NOBODY = 'pl.col("income") > 9000000'
@@ -30,10 +30,8 @@ def pair(name: str, template: str, expect: str, *, xfail: str | None = None) -> 
     return pytest.param(template, expect, id=name, marks=marks)
 
 
-ROW_LEVEL_PROBE = ("LEAK: a row-level select/with_columns is not type-probed, so a type error polars checks only on "
-                   "rows (-(x > 3), -pl.lit('a'), x & y of int and float) fails only when a filter kept someone — "
-                   "fix in frames.py: select() calls compile.probe(e, dtypes) for each expression of a row-level "
-                   "frame (as rules.check_masked does for filters, keys and aggregate inputs)")
+# {X}: a threshold on an aggregated column that keeps the canary's group (8,000,000) or no group (9,000,000).
+AFTER_AGG = 'people.group_by("region").agg(m=pl.col("income").max()).filter(pl.col("m") > {X})'
 
 
 ORACLES = [
@@ -92,10 +90,55 @@ ORACLES = [
          ".collect()", "refused:QueryError"),
     pair("negated-condition-as-filter", 'people.filter(({F}) & (-(pl.col("age") > 3) == 1)).select(pl.len()).collect()',
          "refused:QueryError"),
+    # regressions, row_level_select_not_type_probed: select/with_columns of rows were not probed
     pair("negated-condition-in-with-columns", 'people.filter({F}).with_columns(x=-(pl.col("age") > 3)).collect()',
-         "refused:QueryError", xfail=ROW_LEVEL_PROBE),
-    pair("negated-text-in-select", 'people.filter({F}).select(-pl.col("zip")).collect()', "refused:QueryError",
-         xfail=ROW_LEVEL_PROBE),
+         "refused:QueryError"),
+    pair("negated-text-in-select", 'people.filter({F}).select(-pl.col("zip")).collect()', "refused:QueryError"),
+    pair("int-and-float-bitwise-in-select", 'people.filter({F}).select(pl.col("age") & pl.col("score")).collect()',
+         "refused:QueryError"),
+    # regressions, aggregated_frame_verbs_not_type_probed: every verb on an aggregated frame ran unprobed,
+    # so the type error came only when the canary's group passed a filter on its max
+    pair("negated-condition-in-select-after-aggregation", AFTER_AGG + '.select(-(pl.col("m") > 3)).collect()',
+         "refused:QueryError"),
+    pair("negated-condition-in-with-columns-after-aggregation",
+         AFTER_AGG + '.with_columns(x=-(pl.col("m") > 3)).collect()', "refused:QueryError"),
+    pair("negated-condition-as-filter-after-aggregation", AFTER_AGG + '.filter(-(pl.col("m") > 3) == 1).collect()',
+         "refused:QueryError"),
+    pair("negated-text-sort-key-after-aggregation", AFTER_AGG + '.sort(-pl.col("region")).collect()',
+         "refused:QueryError"),
+    pair("negated-text-unique-subset-after-aggregation", AFTER_AGG + '.unique(subset=[-pl.col("region")]).collect()',
+         "refused:QueryError"),
+    pair("negated-text-group-key-after-aggregation", AFTER_AGG + '.group_by(-pl.col("region")).agg(pl.len()).collect()',
+         "refused:QueryError"),
+    pair("negated-condition-in-aggregate-after-aggregation",
+         AFTER_AGG + '.group_by("region").agg((-(pl.col("m") > 3)).sum()).collect()', "refused:QueryError"),
+    # regressions, aggregated_frame_lengths_not_checked: on an aggregated frame a filtered column lined up
+    # against the whole one broadcasts when one group passes and fails when none does (or several do)
+    pair("filtered-plus-whole-after-aggregation",
+         'people.group_by("region").agg(m=pl.col("income").max())'
+         '.select(pl.col("m").filter(pl.col("m") > {X}) + pl.col("m")).collect()', "refused:QueryError"),
+    pair("filtered-in-with-columns-after-aggregation",
+         'people.group_by("region").agg(m=pl.col("income").max())'
+         '.with_columns(x=pl.col("m").filter(pl.col("m") > {X})).collect()', "refused:QueryError"),
+    pair("filtered-sort-key-after-aggregation",
+         'people.group_by("region").agg(m=pl.col("income").max())'
+         '.sort(pl.col("m").filter(pl.col("m") > {X})).collect()', "refused:QueryError"),
+    pair("filtered-filter-after-aggregation",
+         'people.group_by("region").agg(m=pl.col("income").max())'
+         '.filter(pl.col("m").filter(pl.col("m") > {X}) > 0).collect()', "refused:QueryError"),
+    # regressions, computed_datetime_panics: a number turned into a date can leave the calendar's range, and
+    # polars then panics in Rust (dt.month_start, truncate, to_string...) on exactly the rows holding it
+    pair("number-cast-to-datetime", 'people.filter({F}).select((pl.col("income") * 1000000000).cast(pl.Datetime("ms"))'
+         '.dt.month_start().n_unique()).collect()', "refused:QueryError"),
+    pair("number-cast-to-date-in-with-columns",
+         'people.filter({F}).with_columns(d=(pl.col("income") * 1000).cast(pl.Date)).collect()', "refused:QueryError"),
+    pair("date-plus-computed-duration", 'people.filter({F}).select((pl.col("birth_date") + (pl.col("birth_date") - '
+         'pl.date(1, 1, 1))).dt.to_string("%Y").n_unique()).collect()', "refused:QueryError"),
+    pair("number-as-clip-bound-of-a-date", 'people.filter({F}).select(pl.col("birth_date").clip(pl.col("income") * '
+         '1000).dt.month_end().n_unique()).collect()', "refused:QueryError"),
+    pair("number-typed-as-datetime-in-a-branch",
+         'people.select(pl.when({F}).then(pl.lit(100000000000000000, pl.Datetime("ms"))).otherwise(pl.col("birth_date"))'
+         '.dt.truncate("1mo").n_unique()).collect()', "refused:QueryError"),
     # constructs that never fail: the same ordinary answer both times
     pair("integer-division-by-zero", 'people.filter({F}).select((pl.col("income") // 0).sum()).collect()', "violation"),
     pair("division-by-zero-keyed-on-one-person",
@@ -142,7 +185,7 @@ STRICT_AND_QUOTING = [
 
 def _fill(template: str, canary: bool) -> str:
     return template.replace("{F}", CANARY_ONLY if canary else NOBODY).replace(
-        "{G}", ALL_BUT_CANARY if canary else EVERYONE)
+        "{G}", ALL_BUT_CANARY if canary else EVERYONE).replace("{X}", "8000000" if canary else "9000000")
 
 
 def _kind(out: Outcome) -> tuple[str, str | None, bool]:
@@ -206,23 +249,34 @@ PANIC = ('people.filter((pl.col("income") * {scale}).cast(pl.Datetime("ms")).dt.
          ".select(pl.len()).collect()")
 
 
-def test_the_panic_probe_is_an_ordinary_query_when_no_value_is_out_of_range(arena: Arena) -> None:
-    """The control for the test below: income * 1e8 ms stays within polars' datetime range for everyone."""
-    out = arena.attack(PANIC.format(scale="100000000"), "released")
-    assert "600" in out.shown, out.describe()
+def test_a_value_dependent_panic_gets_the_same_answer_whatever_the_data(arena: Arena) -> None:
+    """Regression, computed_datetime_panics: income * 1e9 ms is past the year 262143 for the canary only, and
+    month_start panicked in Rust on it (no reply at all), while income * 1e8 ms ran for everyone. Casting a
+    computed number to a date is now refused before anything runs, so both scales get the same refusal,
+    word for word: whether one person's value is in range is no longer observable."""
+    outs = [arena.attack(PANIC.format(scale=scale), "refused", ename="QueryError")
+            for scale in ("1000000000", "100000000")]
+    for out in outs:
+        assert_no_traceback(out.text)
+        assert POSITION_RE.search(out.evalue) and "Hint:" in out.evalue, out.describe()
+
+    def words(out: Outcome) -> tuple[str | None, list[str]]:  # all but the quoted cell excerpt, which differs
+        return out.ename, [line for line in out.evalue.splitlines() if not line.startswith("    ")]
+
+    assert words(outs[0]) == words(outs[1])
+    assert "casting a number to pl.Datetime" in outs[0].evalue
 
 
-@pytest.mark.xfail(reason="LEAK: a Rust panic in polars (out-of-range datetime in dt.month_start) escapes as "
-                          "pyo3 PanicException, a BaseException: the cell never gets a reply, and panic-or-not "
-                          "depends on one person's value — fix in release.py (run_all: catch PanicException) and "
-                          "kernel.py (do_execute: catch it too), and answer as if the value were null (or refuse "
-                          "temporal methods on computed datetimes) so that failing is no oracle", strict=True)
-def test_a_value_dependent_panic_gets_an_ordinary_answer(arena: Arena) -> None:
-    """income * 1e9 ms is past the year 262143 for the canary only, and month_start panics in Rust on it."""
-    out = arena.run(PANIC.format(scale="1000000000"), timeout=8)
-    assert_no_leak(arena, out)
-    assert_no_traceback(out.text)
-    assert out.status == "ok", out.describe()
+@pytest.mark.parametrize("code", [
+    pytest.param('people.group_by(pl.col("birth_date").dt.month_start()).agg(pl.len()).collect()', id="month-start-key"),
+    pytest.param('people.group_by(pl.col("birth_date").cast(pl.Datetime("ms")).dt.truncate("100y")).agg(pl.len())'
+                 '.collect()', id="date-cast-to-datetime"),
+    pytest.param('people.group_by((pl.col("birth_date") - pl.date(2000, 1, 1)).dt.total_days() > 0).agg(pl.len())'
+                 '.collect()', id="difference-of-dates"),
+])
+def test_temporal_methods_on_the_data_still_run(arena: Arena, code: str) -> None:
+    """The control: dates read from the data (or a difference of two dates) stay within the calendar."""
+    arena.attack(code, "released")
 
 
 def test_no_late_message_carries_a_canary(arena: Arena) -> None:

@@ -1,0 +1,289 @@
+"""The dominance rule: no released sum, mean, std or var is one individual's value in disguise.
+
+What it says (`policy.rules.dominated`): in each group, the values an
+aggregate is fed spread around their mean by SS = sum of (x - mean)^2; one
+individual whose rows hold more than `max_share` (default 0.5) of SS, or more
+than that share of the values, gets the value suppressed, as a cell that
+fails the support rule is.
+
+How it is checked here:
+- the pure rule and its per-row bound as truth tables;
+- the polars form (one pass where one row is one individual; a bound, then an
+  exact per-individual pass for the groups it leaves open) against the pure
+  rule on random data, through the lazy frame and the two-pass `FastChecks`,
+  which must agree bit for bit;
+- the deployment key `max_share` (global and per dataset, strictly checked);
+- a real kernel on a small deployment: a dominated sum is suppressed, a
+  balanced one released, and `max_share = 1` switches the rule off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import execute, result_text, run_kernel
+
+from bastion_kernel import config
+from bastion_kernel import frames as F
+from bastion_kernel import release as R
+from bastion_kernel.errors import ConfigError
+from bastion_kernel.plan import BinOp, Call, Col, Lit
+from bastion_kernel.policy import rules
+
+K = 3
+OUTLIER = 987654.0
+
+# ------------------------------------------------------------------ the pure rule
+
+BALANCED = [[10.0], [12.0], [11.0], [13.0], [9.0]]
+ONE_OUTLIER = [[10.0], [12.0], [11.0], [13.0], [OUTLIER]]
+
+
+@pytest.mark.parametrize(("rows", "share", "expected"), [
+    pytest.param(BALANCED, 0.5, False, id="balanced"),
+    pytest.param(ONE_OUTLIER, 0.5, True, id="one-outlier"),
+    pytest.param([[x + 1e9 for x in r] for r in ONE_OUTLIER], 0.5, True, id="shifted-outlier"),
+    pytest.param([[x * -1e-3 for x in r] for r in ONE_OUTLIER], 0.5, True, id="scaled-outlier"),
+    pytest.param([[5.0], [5.0], [5.0]], 0.5, False, id="all-equal"),
+    pytest.param([], 0.5, False, id="no-values"),
+    pytest.param([[0.0], [0.0], [1.0], [1.0]], 0.5, False, id="two-at-each-end"),
+    pytest.param([[0.0], [0.0], [0.0], [1.0]], 0.5, True, id="one-alone-at-an-end"),
+    pytest.param([[0.0], [0.0], [0.0], [1.0]], 0.8, False, id="a-looser-share"),
+    pytest.param(ONE_OUTLIER, 1.0, False, id="share-1-switches-it-off"),
+    pytest.param([[1.0], [2.0], [math.nan]], 0.5, True, id="nan-fails-closed"),
+    pytest.param([[1.0], [2.0], [math.inf]], 0.5, True, id="inf-fails-closed"),
+    pytest.param([[1e308], [-1e308], [0.0]], 0.5, True, id="overflow-fails-closed"),
+    pytest.param([[7.0]], 0.5, True, id="one-value"),
+    # Most of the rows at one value: little of the spread, but the mean is theirs.
+    pytest.param([[2718.0] * 40, [900.0, 910.0], [920.0], [930.0, 940.0], [905.0]], 0.5, True, id="heavy-rows"),
+    pytest.param([[50.0] * 6, [40.0], [60.0], [45.0], [55.0]], 0.5, True, id="most-rows-even-if-ordinary"),
+    # Half the rows, spread like everyone else's: no dominance.
+    pytest.param([[4.0, 6.0] * 3, [1.0], [9.0], [2.0], [8.0], [3.0], [7.0]], 0.5, False, id="many-plain-rows"),
+    # A third of the rows, but at both ends: most of the spread (what std and var release).
+    pytest.param([[1.0, 9.0] * 2, [4.0], [6.0], [5.0, 5.0], [4.5], [5.5], [5.0], [5.0]], 0.5, True,
+                 id="spread-rows"),
+])
+def test_the_rule_as_a_truth_table(rows: list[list[float]], share: float, expected: bool) -> None:
+    assert rules.dominated(rows, share) is expected
+
+
+def test_the_per_row_bound_never_contradicts_the_rule() -> None:
+    """Whenever the bound decides, it decides as the rule (it may only leave a group open)."""
+    rng = random.Random(5)
+    decided = 0
+    for _ in range(2000):
+        m = rng.choice([1, 2, 4])
+        rows = [[rng.choice([rng.gauss(0, 1), rng.gauss(0, 1), 30.0]) for _ in range(rng.randint(1, m))]
+                for _ in range(rng.randint(2, 8))]
+        values = [x for r in rows for x in r]
+        mean = sum(values) / len(values)
+        total = sum((x - mean) ** 2 for x in values)
+        top = max((x - mean) ** 2 for x in values)
+        bound = rules.dominance_bound(m, len(values), top, total, 0.5)
+        if m == 1:
+            assert bound is not None, "one row per individual: the bound is the rule"
+        if bound is not None and max(values) != min(values):
+            decided += 1
+            assert bound is rules.dominated(rows, 0.5), rows
+    assert decided > 500
+
+
+# ------------------------------------------------------------------ the polars form, both engine paths
+
+
+def _deploy(folder: Path, frames: dict[str, pl.DataFrame], share: float | None = None,
+            per_dataset: dict[str, float] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = f'[bastion]\nstate_dir = "state"\nmin_group_size = {K}\n'
+    if share is not None:
+        text += f"max_share = {share}\n"
+    for name, df in frames.items():
+        df.write_parquet(folder / f"{name}.parquet")
+        text += f'\n[datasets.{name}]\npath = "{name}.parquet"\nprivacy_unit = "pid"\n'
+        if per_dataset and name in per_dataset:
+            text += f"max_share = {per_dataset[name]}\n"
+    (folder / "bastion.toml").write_text(text, encoding="utf-8")
+    return folder / "bastion.toml"
+
+
+def _random_rows(rng: random.Random, rows_each: tuple[int, ...]) -> pl.DataFrame:
+    out = []
+    for pid in range(rng.randint(3, 12)):
+        for _ in range(rng.choice(rows_each)):
+            x = rng.choice([rng.gauss(50, 10), rng.gauss(50, 10), rng.gauss(50, 10), 900.0, None])
+            out.append((pid, rng.choice("ab"), x))
+    return pl.DataFrame(out, schema={"pid": pl.Int64, "g": pl.String, "x": pl.Float64}, orient="row")
+
+
+def _both_paths(frame: object) -> pl.DataFrame:
+    """The lazy frame's answer, after checking that the two-pass release answers exactly the same."""
+    lazy = frame.lf.collect()  # type: ignore[attr-defined]
+    fast = R._fast_checks(frame)  # type: ignore[arg-type]
+    if fast is not None:
+        first = fast.first.collect()
+        open_rows = fast.undecided(first)
+        exact = fast.second(open_rows).collect() if open_rows.height else None
+        two_pass = fast.finish(first, exact).collect()
+        by = [c for c in lazy.columns[:1]]
+        left, right = lazy.sort(by, nulls_last=True), two_pass.sort(by, nulls_last=True)
+        # Which values were suppressed must agree exactly (float sums may differ in the last bit
+        # between engines, as they did before this rule).
+        assert left.select(pl.all().is_null()).equals(right.select(pl.all().is_null()))
+        assert left.get_column(R.SUPPRESSED_COLUMN).equals(right.get_column(R.SUPPRESSED_COLUMN))
+    return lazy
+
+
+@pytest.mark.parametrize("rows_each", [(1,), (1, 1, 2, 5)], ids=["one-row-each", "several-rows"])
+def test_the_polars_form_decides_as_the_rule_on_both_engine_paths(tmp_path: Path, rows_each: tuple[int, ...]) -> None:
+    rng = random.Random(11)
+    checked = suppressed = 0
+    for trial in range(25):
+        df = _random_rows(rng, rows_each)
+        dep = config.load(_deploy(tmp_path / f"t{trial}", {"t": df}))
+        ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+        src = F.source(dep.datasets["t"], ctx)
+        frame = F.aggregate(src, [Col("g")], [Call("sum", Col("x"))], ctx)
+        got = _both_paths(frame)
+        for row in got.filter(pl.col(R.OK_COLUMN)).iter_rows(named=True):
+            sub = df.filter((pl.col("g") == row["g"]) & pl.col("x").is_not_null())
+            if sub.get_column("pid").n_unique() < K:
+                continue  # the support rule decides this one
+            per = [s.get_column("x").to_list() for _, s in sub.group_by("pid")]
+            checked += 1
+            suppressed += row["x"] is None
+            assert (row["x"] is None) is rules.dominated(per, 0.5), (row, per)
+    assert checked > 20 and 0 < suppressed < checked
+
+
+def test_the_shift_and_scale_of_an_expression_do_not_change_the_decision(tmp_path: Path) -> None:
+    df = pl.DataFrame({"pid": list(range(10)), "g": ["a"] * 10, "x": [float(i) for i in range(9)] + [OUTLIER]})
+    dep = config.load(_deploy(tmp_path, {"t": df}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    src = F.source(dep.datasets["t"], ctx)
+    shifted = BinOp("+", Col("x"), Lit(1e15))
+    scaled = BinOp("*", Col("x"), Lit(-1e-6))
+    aggs = [Call(f, e) for f in ("sum", "mean", "std", "var") for e in (Col("x"), shifted, scaled)]
+    aggs = [Call("alias", a, (f"c{i}",)) for i, a in enumerate(aggs)]
+    got = _both_paths(F.aggregate(src, [Col("g")], aggs, ctx))
+    assert got.row(0, named=True)[R.SUPPRESSED_COLUMN] == len(aggs)
+
+
+def test_integers_a_float_cannot_tell_apart_fail_closed(tmp_path: Path) -> None:
+    """Nine zeros and one 500, all shifted by 2**62: as floats all equal, as an integer sum exact."""
+    df = pl.DataFrame({"pid": list(range(10)), "g": ["a"] * 10, "x": [0] * 9 + [500]})
+    dep = config.load(_deploy(tmp_path, {"t": df}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    src = F.source(dep.datasets["t"], ctx)
+    shifted = Call("alias", Call("sum", BinOp("+", Col("x"), Lit(2**62))), ("shifted",))
+    got = _both_paths(F.aggregate(src, [Col("g")], [shifted], ctx))
+    assert got.get_column("shifted").to_list() == [None]
+
+
+def test_a_join_is_checked_per_individual_of_each_side(tmp_path: Path) -> None:
+    """Ten people with balanced incomes, one of them with many costly visits: the visits side dominates."""
+    people = pl.DataFrame({"pid": list(range(10)), "g": ["a"] * 10, "income": [100.0 + i for i in range(10)]})
+    visits = pl.DataFrame({"pid": [0] * 30 + list(range(1, 10)), "cost": [500.0] * 30 + [10.0 + i for i in range(9)]})
+    dep = config.load(_deploy(tmp_path, {"people": people, "visits": visits}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    joined = F.join(F.source(dep.datasets["visits"], ctx), F.source(dep.datasets["people"], ctx), ctx,
+                    on=[Col("pid")], left_on=None, right_on=None, how="inner", suffix="_r", coalesce=None)
+    got = _both_paths(F.aggregate(joined, [Col("g")], [Call("sum", Col("cost")), Call("mean", Col("income"))], ctx))
+    row = got.row(0, named=True)
+    assert row["cost"] is None, "person 0's visits are most of the cost"
+    # Income repeats once per visit: person 0 holds 30 of the 39 joined rows, so the mean is theirs
+    # too. Each side's individuals are weighed on their own.
+    assert row["income"] is None
+
+
+def test_a_per_dataset_share_applies_to_that_datasets_individuals(tmp_path: Path) -> None:
+    df = pl.DataFrame({"pid": list(range(4)), "g": ["a"] * 4, "x": [0.0, 0.0, 0.0, 1.0]})  # the 1 holds 100%
+    dep = config.load(_deploy(tmp_path, {"t": df}, share=0.5, per_dataset={"t": 1.0}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    got = _both_paths(F.aggregate(F.source(dep.datasets["t"], ctx), [Col("g")], [Call("sum", Col("x"))], ctx))
+    assert got.get_column("x").to_list() == [1.0]
+
+
+# ------------------------------------------------------------------ the deployment key
+
+
+def _load(tmp_path: Path, bastion: str = "", dataset: str = "") -> config.Deployment:
+    pl.DataFrame({"pid": [1, 2]}).write_parquet(tmp_path / "t.parquet")
+    (tmp_path / "b.toml").write_text(
+        f'[bastion]\n{bastion}\n[datasets.t]\npath = "t.parquet"\nprivacy_unit = "pid"\n{dataset}\n', encoding="utf-8")
+    return config.load(tmp_path / "b.toml")
+
+
+def test_max_share_defaults_to_one_half_and_a_dataset_may_override_it(tmp_path: Path) -> None:
+    assert _load(tmp_path).datasets["t"].max_share == 0.5
+    dep = _load(tmp_path, "max_share = 0.3", "max_share = 1")
+    assert dep.max_share == 0.3 and dep.datasets["t"].max_share == 1.0
+    assert _load(tmp_path, "max_share = 0.25").datasets["t"].max_share == 0.25
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.5", '"half"', "true", "nan", "inf"])
+@pytest.mark.parametrize("where", ["bastion", "dataset"])
+def test_max_share_outside_zero_to_one_is_refused_naming_the_key(tmp_path: Path, value: str, where: str) -> None:
+    line = f"max_share = {value}"
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, line if where == "bastion" else "", line if where == "dataset" else "")
+    key = "bastion.max_share" if where == "bastion" else "datasets.t.max_share"
+    assert key in str(info.value) and "at most 1" in str(info.value)
+
+
+# ------------------------------------------------------------------ through the real kernel
+
+
+@pytest.fixture(scope="module")
+def outlier_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twenty people in two towns; one in "Hill" earns OUTLIER, everyone else about 40,000."""
+    folder = tmp_path_factory.mktemp("dominance")
+    pl.DataFrame({
+        "pid": list(range(20)),
+        "town": ["Hill"] * 10 + ["Vale"] * 10,
+        "age": [20 + (i * 7) % 50 for i in range(20)],
+        "income": [40_000.0 + 100 * i for i in range(19)] + [OUTLIER],
+    }).with_columns(town=pl.when(pl.col("pid") == 19).then(pl.lit("Hill")).otherwise("town")) \
+        .with_columns(town=pl.when(pl.col("pid") == 9).then(pl.lit("Vale")).otherwise("town")) \
+        .write_parquet(folder / "people.parquet")
+    return folder
+
+
+def _kernel_config(folder: Path, name: str, share: str = "") -> Path:
+    sub = folder / name
+    sub.mkdir(exist_ok=True)
+    text = (f'[bastion]\nstate_dir = "state"\nmin_group_size = 5\n{share}\n'
+            f'[datasets.people]\npath = {json.dumps(str(folder / "people.parquet"))}\nprivacy_unit = "pid"\n')
+    (sub / "bastion.toml").write_text(text, encoding="utf-8")
+    return sub / "bastion.toml"
+
+
+def test_the_kernel_suppresses_the_dominated_town_and_releases_the_other(outlier_data: Path) -> None:
+    with run_kernel(_kernel_config(outlier_data, "default")) as (_, kc):
+        reply, msgs = execute(kc, 'people.group_by("town").agg(pl.col("income").mean(), pl.col("age").mean())'
+                                  '.sort("town").collect()')
+        assert reply["status"] == "ok"
+        text = result_text(msgs)
+        assert "1 value(s) were suppressed" in text and "one individual dominated the value" in text
+        assert str(int(OUTLIER)) not in text and "987654" not in text
+        lines = [ln for ln in text.splitlines() if "Hill" in ln or "Vale" in ln]
+        assert "null" in lines[0] and "null" not in lines[1], lines  # Hill's income only; ages stay
+        reply, msgs = execute(kc, 'people.select((pl.col("income") + 1e9).mean()).collect()')
+        assert "were suppressed" in result_text(msgs) and "987654" not in result_text(msgs)
+        _reply, msgs = execute(kc, 'policy("people")')
+        assert "more than 50% of its values or of their spread around the mean (dominance)" in result_text(msgs)
+
+
+def test_max_share_one_switches_the_rule_off(outlier_data: Path) -> None:
+    with run_kernel(_kernel_config(outlier_data, "off", "max_share = 1")) as (_, kc):
+        reply, msgs = execute(kc, 'people.filter(pl.col("town") == "Hill").select(pl.col("income").sum()).collect()')
+        assert reply["status"] == "ok"
+        text = result_text(msgs)
+        assert "were suppressed" not in text and "null" not in text
+        _reply, msgs = execute(kc, 'policy("people")')
+        assert "dominance" not in result_text(msgs)
