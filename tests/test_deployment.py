@@ -513,7 +513,7 @@ def test_kernel_traffic_is_curve_encrypted_when_the_kernelspec_declares_it(site:
         assert info["curve_publickey"] and info["curve_secretkey"]
 
         def kernel_info(conn: dict[str, Any]) -> str | None:
-            kc = BlockingKernelClient()
+            kc = BlockingKernelClient(context=zmq.Context())
             kc.load_connection_info(conn)
             kc.start_channels()
             try:
@@ -523,6 +523,9 @@ def test_kernel_traffic_is_curve_encrypted_when_the_kernelspec_declares_it(site:
                 return None
             finally:
                 kc.stop_channels()
+                # A request the server never accepted stays queued; terminating the context (also on
+                # garbage collection) would wait for it forever: drop it.
+                kc.context.destroy(linger=0)
 
         plain = {k: v for k, v in info.items() if not k.startswith("curve_")}
         assert kernel_info(plain) is None  # the HMAC key alone no longer gets through
