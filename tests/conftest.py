@@ -128,12 +128,21 @@ def kernel_spec(config_path: Path | str, user: str = "alice", extra_env: dict[st
 
 @contextlib.contextmanager
 def run_kernel(
-    config_path: Path | str, user: str = "alice", extra_env: dict[str, str] | None = None
+    config_path: Path | str, user: str = "alice", extra_env: dict[str, str] | None = None, *,
+    cwd: Path | None = None, argv_prefix: list[str] | None = None, kill: bool = False,
 ) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """A real Bastion kernel process for `user` on `config_path`; shut down gracefully on exit."""
+    """A real Bastion kernel process for `user` on `config_path`, shut down on exit.
+
+    `cwd`: its working directory; `argv_prefix`: a wrapper such as prlimit; `kill`: no
+    graceful shutdown (for a kernel a test may have left busy for minutes). Otherwise
+    the shutdown is a shutdown_request, so the session writes session_end.
+    """
     km = KernelManager()
-    km._kernel_spec = kernel_spec(config_path, user, extra_env)  # type: ignore[attr-defined]
-    km.start_kernel()
+    spec = kernel_spec(config_path, user, extra_env)
+    if argv_prefix:
+        spec.argv = [*argv_prefix, *spec.argv]
+    km._kernel_spec = spec  # type: ignore[attr-defined]
+    km.start_kernel(**({"cwd": str(cwd)} if cwd is not None else {}))
     kc = km.client()
     kc.start_channels()
     try:
@@ -147,7 +156,7 @@ def run_kernel(
     finally:
         kc.stop_channels()
         if km.is_alive():
-            km.shutdown_kernel(now=False)  # shutdown_request: the session writes session_end
+            km.shutdown_kernel(now=kill)
         km.cleanup_resources()
 
 

@@ -37,7 +37,7 @@ import pytest
 from jupyter_client import KernelManager
 from jupyter_client.blocking.client import BlockingKernelClient
 
-from conftest import TIMEOUT, all_text, execute, kernel_spec
+from conftest import TIMEOUT, all_text, execute, run_kernel
 
 from bastion_kernel.review import ReviewStore
 
@@ -282,34 +282,6 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def kernel_in(config: Path, cwd: Path, user: str = "mallory", argv_prefix: list[str] | None = None,
-              kill: bool = False) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """conftest.run_kernel with a working directory of our own, optionally a wrapper such as prlimit,
-    and `kill` for a kernel an attack may have left busy for minutes (no graceful shutdown)."""
-    km = KernelManager()
-    spec = kernel_spec(config, user)
-    if argv_prefix:
-        spec.argv = [*argv_prefix, *spec.argv]
-    km._kernel_spec = spec  # type: ignore[attr-defined]
-    km.start_kernel(cwd=str(cwd))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=TIMEOUT)
-    except Exception:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-        raise
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        if km.is_alive():
-            km.shutdown_kernel(now=kill)
-        km.cleanup_resources()
-
-
-@contextlib.contextmanager
 def open_arena(data: Dataset, folder: Path, mode: str = "review", *, extra: str = "",
                argv_prefix: list[str] | None = None, kill: bool = False) -> Iterator[Arena]:
     config = write_deployment(data, folder / "deployment", on_violation=mode, extra=extra)
@@ -317,7 +289,7 @@ def open_arena(data: Dataset, folder: Path, mode: str = "review", *, extra: str 
     target = folder / "target"
     cwd.mkdir()
     target.mkdir()
-    with kernel_in(config, cwd, argv_prefix=argv_prefix, kill=kill) as (km, kc):
+    with run_kernel(config, "mallory", cwd=cwd, argv_prefix=argv_prefix, kill=kill) as (km, kc):
         yield Arena(km, kc, data, config, config.parent / "state", cwd, target, mode)
 
 
