@@ -1,5 +1,5 @@
-"""`python -m bastion_kernel -f {connection_file}` starts the kernel."""
+"""`python -m bastion_kernel -f {connection_file}` starts the kernel (see `launch.py`)."""
 
-from .kernel import main
+from .launch import main
 
 main()

@@ -578,7 +578,7 @@ class _Dom:
 
 
 def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: list[_Dom],
-               numeric: str | None = None) -> pl.Expr | None:
+               numeric: str | None = None, summed: bool = False) -> pl.Expr | None:
     """Whether no individual of any unit dominates `value` (a column test over the aggregation's output).
 
     Appends the aggregations it reads to `stats` and the tests that may need
@@ -588,14 +588,22 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
     anything else (booleans, dates, decimals) is read as Float64 row by row.
     Integers beyond 2^53 fail closed: Float64 cannot tell them apart, while
     their integer sum is exact (`(x + 2**62).sum()` must not look all-equal).
+    `summed`: the user's aggregates sum this float value too, so its mean is
+    that sum over the count, both computed once (polars shares equal
+    expressions); otherwise the mean is shared with a user's `mean()`.
+    Floats only: an integer column's sum can wrap around, its mean cannot.
     """
     live = [u for u in units if u.max_share < 1]
     if not live:
         return None
     x = C.expr(value) if numeric else C.expr(value).to_physical().cast(pl.Float64, strict=False)
     n, mean, ss, hi, lo = (ctx.fresh("d") for _ in range(5))
-    stats += [x.count().alias(n), x.mean().cast(pl.Float64).alias(mean),
-              (x.var(ddof=0).cast(pl.Float64) * x.count()).alias(ss),
+    # The count is spelled as the support threshold spells it (`at_least` in `_unit_checks`), so polars
+    # computes it once. (`x.filter(c).is_not_null().sum()` would leave polars' fast group-by path.)
+    count = C.expr(rules.aligned(value)).is_not_null().sum()
+    average = x.sum() / count if summed and numeric == "float" else x.mean()
+    stats += [count.alias(n), average.cast(pl.Float64).alias(mean),
+              (x.var(ddof=0).cast(pl.Float64) * count).alias(ss),
               x.max().cast(pl.Float64).alias(hi), x.min().cast(pl.Float64).alias(lo)]
     mean_, ss_ = pl.col(mean), pl.col(ss)
     dev2 = pl.max_horizontal((pl.col(hi) - mean_) ** 2, (pl.col(lo) - mean_) ** 2)
@@ -751,8 +759,11 @@ def _with_dominance(lf: pl.LazyFrame, exact: pl.LazyFrame | None, key_names: tup
 
 
 def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
-                 numeric: dict[Expr, str] | None = None) -> _Checks:
-    """Polars aggregations deciding the group threshold and each cell's support and dominance."""
+                 numeric: dict[Expr, str] | None = None, summed: frozenset[Expr] = frozenset()) -> _Checks:
+    """Polars aggregations deciding the group threshold and each cell's support and dominance.
+
+    `summed`: values the user's own aggregates sum (the dominance rule reuses those sums).
+    """
     terms: list[_Term] = []
     zeros: list[pl.Expr] = []
     stats: list[pl.Expr] = []
@@ -790,7 +801,7 @@ def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
                 c = (at_least(u, f) | none_with_id(u, f)) & at_least(u, ~f)
                 cell = c if cell is None else cell & c
         for value in facts.values:  # the dominance rule, per unit (`_dominance`)
-            c = _dominance(value, units, ctx, stats, doms, (numeric or {}).get(value))
+            c = _dominance(value, units, ctx, stats, doms, (numeric or {}).get(value), value in summed)
             if c is not None:
                 cell = c if cell is None else cell & c
         cells.append(cell)
@@ -914,7 +925,8 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     facts = [rules.analyse_agg(a, frame.columns) for a in aggs]
     for a, f in zip(aggs, facts):
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
-    checks = _unit_checks(frame.units, facts, ctx, _numeric_values(frame, facts))
+    summed = frozenset(n.recv for a in aggs for n in walk(a) if isinstance(n, Call) and n.fn == "sum")
+    checks = _unit_checks(frame.units, facts, ctx, _numeric_values(frame, facts), summed)
     outs = _out_names_agg(frame, keys, aggs, ctx)
     cell_names = [ctx.fresh("c") if c is not None else None for c in checks.cells]
     agg_exprs = [C.expr(a) for a in aggs]

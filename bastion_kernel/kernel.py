@@ -13,15 +13,15 @@ exception kill the kernel or quote data.
 
 from __future__ import annotations
 
-import sys
 import traceback
 from typing import Any
 
 from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
+from traitlets import Float
 
 from . import __version__, config
-from .errors import BastionError, ConfigError
+from .errors import BastionError
 from .release import ReviewPending
 from .review import ReviewRequest, ReviewStore
 from .review.widgets import Watcher
@@ -40,11 +40,17 @@ class BastionKernel(Kernel):
         "codemirror_mode": {"name": "python", "version": 3},
     }
     help_links = ()
+    # ipykernel sleeps 0.5 ms before every execute_reply so that stdout written by the cell reaches
+    # the client first; a Bastion cell runs in the query worker and its output comes back in the
+    # reply's bundle, while this process's stdout never goes to the notebook (`launch`). 8% of a
+    # trivial cell's round trip.
+    _execute_sleep = Float(0.0)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         deployment = config.load(check_data=False)  # the worker reads the schemas (this process never imports polars)
-        self.worker = QueryWorker(self.ident, deployment.limits)  # starts now; the first cell waits for it
+        worker = _EARLY.pop("worker", None)  # started by `launch.main` while ipykernel was starting
+        self.worker = worker if worker is not None else QueryWorker(self.ident, deployment.limits)
         self._install_comms()
         worker = self.worker
         self.reviews = Watcher(ReviewStore(deployment.state_dir), worker.fetch_html,
@@ -223,12 +229,11 @@ def _open_widget_control(comm: Any, msg: dict[str, Any]) -> None:
     Widget.handle_control_comm_opened(comm, msg)
 
 
-def main() -> None:
-    """Start the kernel; a broken deployment file stops it before it accepts any cell."""
-    try:
-        config.load(check_data=False)  # the file's structure now; the data's columns in the query worker
-    except ConfigError as exc:
-        print(f"Bastion cannot start: {exc.render()}", file=sys.stderr)
-        raise SystemExit(2) from None
+_EARLY: dict[str, QueryWorker] = {}  # the query worker `launch.main` started, until the kernel takes it
+
+
+def launch(worker: QueryWorker) -> None:
+    """Run the kernel (ipykernel's application) with the query worker `launch.main` already started."""
+    _EARLY["worker"] = worker
     # outstream_class=None keeps stdout/stderr (and ipykernel's own loggers) out of the notebook.
     IPKernelApp.launch_instance(kernel_class=BastionKernel, outstream_class=None)

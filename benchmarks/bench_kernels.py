@@ -325,13 +325,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def start(name: str, spec_dir: Path | None, log: Path, env: dict[str, str] | None = None) -> Kernel:
+def start(name: str, spec_dir: Path | None, log: Path, env: dict[str, str] | None = None,
+          kernel_name: str = "bastion-bench") -> Kernel:
     """Start a kernel (stderr to `log`, `env` added to the environment) and wait for its kernel_info reply."""
     if spec_dir is None:
         km = KernelManager(kernel_name="python3")  # jupyter_client runs "python" as this very interpreter
     else:
         km = KernelManager(kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir)]),
-                           kernel_name="bastion-bench")
+                           kernel_name=kernel_name)
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = log.open("ab")
     t0 = time.perf_counter()
@@ -552,6 +553,52 @@ class Startup:
     trivial: tuple[float, float] = (0.0, 0.0)
 
 
+# The least any ipykernel-based kernel can do: echo the cell back. Its round trip is the floor of
+# both kernels' trivial cell on this machine (ipykernel's threads, ZeroMQ, the client).
+ECHO_KERNEL = """from ipykernel.kernelapp import IPKernelApp
+from ipykernel.kernelbase import Kernel
+
+
+class Echo(Kernel):
+    implementation = "echo"
+    implementation_version = "1"
+    banner = "echo"
+    language_info = {"name": "python", "mimetype": "text/x-python", "file_extension": ".py"}
+
+    async def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False,
+                         **kwargs):
+        self.send_response(self.iopub_socket, "execute_result",
+                           {"execution_count": self.execution_count, "data": {"text/plain": code}, "metadata": {}})
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
+
+
+IPKernelApp.launch_instance(kernel_class=Echo)
+"""
+
+
+def trivial_cells(k: Kernel, n: int = 30) -> tuple[float, float]:
+    """Median and p90 seconds of `n` trivial cells `1`."""
+    times = sorted(k.run("1", "trivial cell")[0] for _ in range(n))
+    return statistics.median(times), times[int(0.9 * (len(times) - 1))]
+
+
+def measure_floor(work: Path) -> tuple[float, float]:
+    """The trivial cell of a kernel that only echoes (`ECHO_KERNEL`): ipykernel's own round trip here."""
+    folder = work / "floor"
+    spec = folder / "kernels" / "echo-bench"
+    spec.mkdir(parents=True, exist_ok=True)
+    (folder / "echo_kernel.py").write_text(ECHO_KERNEL)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, str(folder / "echo_kernel.py"), "-f", "{connection_file}"],
+        "display_name": "echo", "language": "python"}))
+    k = start("echo", folder / "kernels", folder / "echo.log", kernel_name="echo-bench")
+    try:
+        trivial_cells(k, 5)
+        return trivial_cells(k)
+    finally:
+        k.stop()
+
+
 def measure_startup(cache: Path, n: int, work: Path, starts: int = 3) -> dict[str, Startup]:
     """Fresh kernels, alternately: to kernel_info, to the first cell `1`, to the first schema; trivial cells."""
     people, visits = generate(cache, n)
@@ -577,8 +624,7 @@ def measure_startup(cache: Path, n: int, work: Path, starts: int = 3) -> dict[st
                 out[name].info.append(k.startup_info)
                 if i == 0:
                     wait_quiet(k, "trivial cells")
-                    times = sorted(k.run("1", "trivial cell")[0] for _ in range(30))
-                    out[name].trivial = (statistics.median(times), times[int(0.9 * (len(times) - 1))])
+                    out[name].trivial = trivial_cells(k)
             finally:
                 k.stop()
     return out
@@ -669,8 +715,9 @@ def report(args: argparse.Namespace, sizes: list[int], results: dict[int, dict[s
             w(f"| start-up no slower than IPython (to first schema) | {b * 1000:.0f} ms vs {i * 1000:.0f} ms "
               f"| {'yes' if b <= i else 'no'} |")
             t = startup["bastion"].trivial[0]
+            floor = f"; a kernel that only echoes: {startup['floor'].trivial[0] * 1000:.1f} ms" if "floor" in startup else ""
             w(f"| trivial cell round trip under 5 ms | {t * 1000:.1f} ms (IPython "
-              f"{startup['ipython'].trivial[0] * 1000:.1f} ms) | {'yes' if t < 0.005 else 'no'} |")
+              f"{startup['ipython'].trivial[0] * 1000:.1f} ms{floor}) | {'yes' if t < 0.005 else 'no'} |")
         w("")
     if startup:
         w("**Start-up and trivial cell** (median of 3 fresh starts; trivial cell `1`: median / p90 of 30). "
@@ -681,6 +728,9 @@ def report(args: argparse.Namespace, sizes: list[int], results: dict[int, dict[s
             s = startup[name]
             w(f"| {name} | {statistics.median(s.info) * 1000:.0f} | {statistics.median(s.first) * 1000:.0f} | "
               f"{statistics.median(s.schema) * 1000:.0f} | {s.trivial[0] * 1000:.1f} / {s.trivial[1] * 1000:.1f} |")
+        if "floor" in startup:
+            f = startup["floor"].trivial
+            w(f"| ipykernel floor (a kernel that only echoes the cell) | | | | {f[0] * 1000:.1f} / {f[1] * 1000:.1f} |")
         w("")
     for n in sizes:
         w(f"**{label(n)} people rows, {label(2 * n)} visits rows**: median of {args.repeat} re-runs; first run "
@@ -771,7 +821,10 @@ def main(argv: list[str] | None = None) -> int:
             if "startup" in parts:
                 print("\n== start-up and trivial cell ==", flush=True)
                 startup = measure_startup(args.cache, min(sizes or [capped_n]), work)
-                for name, s in startup.items():
+                startup["floor"] = Startup(trivial=measure_floor(work))
+                print(f"  floor    trivial {startup['floor'].trivial[0] * 1000:.1f} ms (a kernel that only echoes)",
+                      flush=True)
+                for name, s in ((n, s) for n, s in startup.items() if n != "floor"):
                     print(f"  {name:8} kernel_info {statistics.median(s.info) * 1000:.0f} ms, first cell "
                           f"{statistics.median(s.first) * 1000:.0f} ms, first schema "
                           f"{statistics.median(s.schema) * 1000:.0f} ms, trivial {s.trivial[0] * 1000:.1f} ms "

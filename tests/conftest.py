@@ -130,14 +130,16 @@ def kernel_spec(config_path: Path | str, user: str = "alice", extra_env: dict[st
 def run_kernel(
     config_path: Path | str, user: str = "alice", extra_env: dict[str, str] | None = None, *,
     cwd: Path | None = None, argv_prefix: list[str] | None = None, kill: bool = False,
+    connection_file: Path | None = None,
 ) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
     """A real Bastion kernel process for `user` on `config_path`, shut down on exit.
 
     `cwd`: its working directory; `argv_prefix`: a wrapper such as prlimit; `kill`: no
     graceful shutdown (for a kernel a test may have left busy for minutes). Otherwise
     the shutdown is a shutdown_request, so the session writes session_end.
+    `connection_file`: where to write it (jupyter_server names it ``kernel-<id>.json``).
     """
-    km = KernelManager()
+    km = KernelManager(**({"connection_file": str(connection_file)} if connection_file is not None else {}))
     spec = kernel_spec(config_path, user, extra_env)
     if argv_prefix:
         spec.argv = [*argv_prefix, *spec.argv]

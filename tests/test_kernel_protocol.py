@@ -630,7 +630,8 @@ def test_audit_log_records_the_session_and_verifies(demo_dir: Path, tmp_path: Pa
         ('patients.filter(pl.col("name") == "x").select(pl.len()).collect()', "refused"),
         ("x = 1", "ok"),
     ]
-    with run_kernel(config, user="alice") as (km, kc):
+    server_id = "5f0c2a9e-1d3b-4c7a-9e61-0b8d2f4a7c13"  # as jupyter_server names connection files
+    with run_kernel(config, user="alice", connection_file=tmp_path / f"kernel-{server_id}.json") as (km, kc):
         shown_rid = None
         for code, _ in cells:
             reply, msgs = execute(kc, code)
@@ -650,6 +651,7 @@ def test_audit_log_records_the_session_and_verifies(demo_dir: Path, tmp_path: Pa
     assert events[0] == "session_start" and events[-1] == "session_end"
     start = records[0]
     assert start["user"] == "alice"
+    assert start["kernel_id"] == server_id  # the server's id for the kernel, so its logs and the audit line up
     assert start["config_digest"] == hashlib.sha256(config.read_bytes()).hexdigest()
 
     cell_records = [r for r in records if r["event"] == "cell"]
