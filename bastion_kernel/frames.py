@@ -78,6 +78,7 @@ class Ctx:
     state_dir: Path | None = None  # where per-dataset facts are cached (`sources.unit_profile`)
     memory_mb: int = 1024  # what measuring those facts may use
     rows_of: dict[str, int | None] = field(default_factory=dict)  # dataset -> rows in its file (cross joins)
+    sources: dict[str, DatasetConfig] = field(default_factory=dict)  # datasets scanned, by name (`_value_bounds`)
 
     def fresh(self, kind: str) -> str:
         return f"{RESERVED_PREFIX}_{kind}{next(self.counter)}"
@@ -143,6 +144,7 @@ def source(ds: DatasetConfig, ctx: Ctx) -> Frame:
         lf = lf.select([*schema.names(), unit_col])
     profile = unit_profile(ds, ctx.state_dir, ctx.memory_mb)
     ctx.rows_of[ds.name] = profile.rows
+    ctx.sources[ds.name] = ds
     masked = set(ds.masked)
     mine = frozenset({unit_col})
     columns = {
@@ -575,10 +577,14 @@ class _Dom:
     unit: Unit
     value: Expr  # the aggregate's input as written (`x.filter(c)` in `x.filter(c).sum()`)
     quick: pl.Expr
+    # One row per individual, bound by the values' range (`_dominance_bounded`): the exact test is the
+    # group's own aggregations (these, then the test over them), no per-individual pass.
+    one_row: tuple[tuple[pl.Expr, ...], pl.Expr] | None = None
 
 
 def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: list[_Dom],
-               numeric: str | None = None, summed: bool = False) -> pl.Expr | None:
+               numeric: str | None = None, summed: bool = False,
+               bound: tuple[float, float] | None = None) -> pl.Expr | None:
     """Whether no individual of any unit dominates `value` (a column test over the aggregation's output).
 
     Appends the aggregations it reads to `stats` and the tests that may need
@@ -592,6 +598,13 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
     that sum over the count, both computed once (polars shares equal
     expressions); otherwise the mean is shared with a user's `mean()`.
     Floats only: an integer column's sum can wrap around, its mean cannot.
+
+    `bound` (lo, hi): every value lies in this range (`_value_bounds`: a dataset
+    column's extremes in its file, one row per individual). Then the largest
+    squared deviation is at most max((hi - mean)², (lo - mean)²), so a group
+    that passes with it passes the exact test, without the per-group max and
+    min; a group it cannot clear is left open (null) for the exact test of
+    `FastChecks.second`, over just those groups. Same answer either way.
     """
     live = [u for u in units if u.max_share < 1]
     if not live:
@@ -603,9 +616,14 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
     count = C.expr(rules.aligned(value)).is_not_null().sum()
     average = x.sum() / count if summed and numeric == "float" else x.mean()
     stats += [count.alias(n), average.cast(pl.Float64).alias(mean),
-              (x.var(ddof=0).cast(pl.Float64) * count).alias(ss),
-              x.max().cast(pl.Float64).alias(hi), x.min().cast(pl.Float64).alias(lo)]
+              (x.var(ddof=0).cast(pl.Float64) * count).alias(ss)]
     mean_, ss_ = pl.col(mean), pl.col(ss)
+    if bound is not None and numeric and all(u.rows_max == 1 for u in live):
+        exact_stats: list[pl.Expr] = []
+        exact = _dominance(value, tuple(live), ctx, exact_stats, [], numeric, summed)  # the one-pass form
+        assert exact is not None
+        return _dominance_bounded(value, live, ctx, doms, pl.col(n), mean_, ss_, bound, (tuple(exact_stats), exact))
+    stats += [x.max().cast(pl.Float64).alias(hi), x.min().cast(pl.Float64).alias(lo)]
     dev2 = pl.max_horizontal((pl.col(hi) - mean_) ** 2, (pl.col(lo) - mean_) ** 2)
     # NaN compares as the largest value in polars, so finiteness is tested, never implied.
     finite = mean_.is_finite() & ss_.is_finite() & dev2.is_finite()
@@ -631,6 +649,36 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
             ok = pl.when(quick.is_not_null()).then(quick).otherwise(pl.col(f"{name}_x").fill_null(False))
         out = ok if out is None else out & ok
     return out
+
+
+def _dominance_bounded(value: Expr, live: list[Unit], ctx: Ctx, doms: list[_Dom], n: pl.Expr, mean: pl.Expr,
+                       ss: pl.Expr, bound: tuple[float, float],
+                       exact: tuple[tuple[pl.Expr, ...], pl.Expr]) -> pl.Expr:
+    """`_dominance` with the values' range known (one row per individual): clear or open, never suppress here.
+
+    With one row per individual the exact test is "all values equal, or the
+    largest squared deviation is at most `max_share` of SS". The range's
+    deviation is at least the group's, so passing with it is passing; a
+    group it does not clear (or where SS is 0, which rounding could also
+    give) is open, and `FastChecks` decides it exactly from the group's rows:
+    `exact`, the aggregations and test of the one-pass form, over just those groups.
+    """
+    lo, hi = bound
+    dev2 = pl.max_horizontal((pl.lit(hi) - mean) ** 2, (pl.lit(lo) - mean) ** 2)
+    finite = mean.is_finite() & ss.is_finite()
+    quick: pl.Expr | None = None
+    for u in live:  # every unit's test: clear only where all of them clear
+        s = u.max_share
+        q = (pl.when(n == 0).then(True)
+             .when(~finite).then(False)
+             .when(n * s < 1).then(False)  # one value is already too many values
+             .when((ss > 0) & (dev2 <= ss * s)).then(True)
+             .otherwise(None))
+        quick = q if quick is None else pl.when(quick.is_null() | q.is_null()).then(None).otherwise(quick & q)
+    assert quick is not None
+    name = ctx.fresh("dx")
+    doms.append(_Dom(name, live[0], value, quick, exact))
+    return pl.when(quick.is_not_null()).then(quick).otherwise(pl.col(f"{name}_x").fill_null(False))
 
 
 _EXACT_INT = float(2**53)  # integers Float64 still holds exactly
@@ -667,9 +715,17 @@ def _dominance_exact(source: pl.LazyFrame, keys: tuple[pl.Expr, ...], key_names:
     tmp = [f"{RESERVED_PREFIX}_dk{i}" for i in range(len(keys))]
     ident = f"{RESERVED_PREFIX}_did"
     tables: list[pl.LazyFrame] = []
+    one_row = [d for d in doms if d.one_row is not None]
+    if one_row:  # one row per individual: the group's own aggregations decide (`_dominance_bounded`)
+        stats = [e for d in one_row for e in d.one_row[0]]  # type: ignore[index]
+        tests = [d.one_row[1].alias(f"{d.name}_x") for d in one_row]  # type: ignore[index]
+        agg = (source.group_by([k.alias(t) for k, t in zip(keys, tmp)]).agg(stats) if keys
+               else source.select(stats))
+        tables.append(agg.select([*tmp, *tests]))
     by_unit: dict[str, list[_Dom]] = {}
     for d in doms:
-        by_unit.setdefault(d.unit.column, []).append(d)
+        if d.one_row is None:
+            by_unit.setdefault(d.unit.column, []).append(d)
     for column, group in by_unit.items():
         rows = [_dominance_rows(d.value, keys) for d in group]
         base = source.select([*(k.alias(t) for k, t in zip(keys, tmp)), pl.col(column).alias(ident),
@@ -733,6 +789,39 @@ def _open_dominance(source: pl.LazyFrame, first: pl.LazyFrame, keys: tuple[pl.Ex
     return _dominance_exact(rows, tuple(pl.col(t) for t in tmp), key_names, doms)
 
 
+_SAME_ROWS_VERBS = frozenset({"filter", "sort", "drop"})  # keep a scan's columns as they are, rows a subset
+
+
+def _value_bounds(frame: Frame, facts: list[rules.AggFacts], numeric: dict[Expr, str],
+                  ctx: Ctx) -> dict[Expr, tuple[float, float]]:
+    """Ranges that hold for every value of each dominance input (`_dominance_bounded`), where known.
+
+    Only where that is certain: the frame is one dataset's scan followed by
+    filters, sorts and drops (its columns are the file's own, its rows a
+    subset), with one row per individual, and the input is a column or a
+    filter of one. The range is the file's current version's (`unit_profile`
+    checks the version), cached once measured.
+    """
+    f = frame
+    while f.step.verb in _SAME_ROWS_VERBS:
+        f = f.step.inputs[0]
+    if f.step.verb != "scan" or len(frame.units) != 1 or frame.units[0].rows_max != 1:
+        return {}
+    ds = ctx.sources.get(f.step.detail[0])
+    if ds is None:
+        return {}
+    profile = unit_profile(ds, ctx.state_dir, ctx.memory_mb)
+    if profile.rows_max != 1:  # the file changed since the frame was made
+        return {}
+    out: dict[Expr, tuple[float, float]] = {}
+    for v in dict.fromkeys(v for fa in facts for v in fa.values):
+        base = v.recv if isinstance(v, Call) and v.fn == "filter" else v
+        bound = profile.range_of(base.name) if isinstance(base, Col) and numeric.get(v) else None
+        if bound is not None:
+            out[v] = bound
+    return out
+
+
 def _numeric_values(frame: Frame, facts: list[rules.AggFacts]) -> dict[Expr, str]:
     """The dominance inputs that are integer ("int") or float ("float") columns (one schema lookup)."""
     values = list(dict.fromkeys(v for f in facts for v in f.values))
@@ -759,10 +848,12 @@ def _with_dominance(lf: pl.LazyFrame, exact: pl.LazyFrame | None, key_names: tup
 
 
 def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
-                 numeric: dict[Expr, str] | None = None, summed: frozenset[Expr] = frozenset()) -> _Checks:
+                 numeric: dict[Expr, str] | None = None, summed: frozenset[Expr] = frozenset(),
+                 bounds: dict[Expr, tuple[float, float]] | None = None) -> _Checks:
     """Polars aggregations deciding the group threshold and each cell's support and dominance.
 
     `summed`: values the user's own aggregates sum (the dominance rule reuses those sums).
+    `bounds`: values' known ranges, for the two-pass release only (`_dominance_bounded`).
     """
     terms: list[_Term] = []
     zeros: list[pl.Expr] = []
@@ -801,7 +892,8 @@ def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
                 c = (at_least(u, f) | none_with_id(u, f)) & at_least(u, ~f)
                 cell = c if cell is None else cell & c
         for value in facts.values:  # the dominance rule, per unit (`_dominance`)
-            c = _dominance(value, units, ctx, stats, doms, (numeric or {}).get(value), value in summed)
+            c = _dominance(value, units, ctx, stats, doms, (numeric or {}).get(value), value in summed,
+                           (bounds or {}).get(value))
             if c is not None:
                 cell = c if cell is None else cell & c
         cells.append(cell)
@@ -850,10 +942,12 @@ class FastChecks:
         only where it is open: the two passes read just the rows of their own groups."""
         exact = [t.exact.alias(t.name) for t in self.terms]
         if not self.keys:
+            dom = _dominance_exact(self.source, (), (), list(self.doms)) if self.doms else None
+            if not exact:
+                assert dom is not None
+                return dom
             out = self.source.select(exact)
-            if self.doms:
-                out = out.join(_dominance_exact(self.source, (), (), list(self.doms)), how="cross")
-            return out
+            return out if dom is None else out.join(dom, how="cross")
         tmp = [f"{RESERVED_PREFIX}_fk{i}" for i in range(len(self.keys))]  # new columns: nothing is replaced
         keyed = self.source.with_columns([k.alias(t) for k, t in zip(self.keys, tmp)])
         term_open = self._open()[0]
@@ -926,25 +1020,33 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     for a, f in zip(aggs, facts):
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
     summed = frozenset(n.recv for a in aggs for n in walk(a) if isinstance(n, Call) and n.fn == "sum")
-    checks = _unit_checks(frame.units, facts, ctx, _numeric_values(frame, facts), summed)
+    numeric = _numeric_values(frame, facts)
+    checks = _unit_checks(frame.units, facts, ctx, numeric, summed)
+    bounds = _value_bounds(frame, facts, numeric, ctx)
+    # The two-pass release may clear dominance with the values' ranges instead of per-group extremes;
+    # the lazy frame (read when a later step follows) keeps the one-pass exact form.
+    fast_checks = _unit_checks(frame.units, facts, ctx, numeric, summed, bounds) if bounds else checks
     outs = _out_names_agg(frame, keys, aggs, ctx)
-    cell_names = [ctx.fresh("c") if c is not None else None for c in checks.cells]
     agg_exprs = [C.expr(a) for a in aggs]
     masks = _cover_masks(aggs, frame.columns)
     cover_counts, cover_fields = _cover_counts(frame.units, masks, ctx)
-    common = [*checks.zeros, *checks.stats, *cover_counts]
     cover = ctx.fresh(COVER_KIND)
     key_exprs = [C.expr(k) for k in keys]
     out_names = [n for n, _ in outs]
     agg_names = out_names[len(keys):]
 
-    def first_pass(term_columns: list[pl.Expr]) -> pl.LazyFrame:
+    def first_pass(checks: _Checks, term_columns: list[pl.Expr]) -> pl.LazyFrame:
+        common = [*checks.zeros, *checks.stats, *cover_counts]
         if keys:
             return frame.lf.group_by(key_exprs, maintain_order=maintain_order).agg(
                 [*agg_exprs, *term_columns, *common])
         return frame.lf.select([*agg_exprs, *term_columns, *common])
 
-    def post(lf: pl.LazyFrame) -> pl.LazyFrame:
+    def post_of(checks: _Checks) -> Any:
+        cell_names = [ctx.fresh("c") if c is not None else None for c in checks.cells]
+        return functools.partial(post, checks, cell_names)
+
+    def post(checks: _Checks, cell_names: list[str | None], lf: pl.LazyFrame) -> pl.LazyFrame:
         decided = [c.alias(n) for c, n in zip(checks.cells, cell_names) if c is not None and n is not None]
         decided.append((checks.group_ok if checks.group_ok is not None else pl.lit(True)).alias(OK_COLUMN))
         lf = lf.with_columns(decided)
@@ -962,14 +1064,15 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         return lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
 
     key_names = tuple(out_names[:len(keys)])
-    lazy_first = first_pass([t.exact.alias(t.name) for t in checks.terms])
+    lazy_first = first_pass(checks, [t.exact.alias(t.name) for t in checks.terms])
     dom_exact = _open_dominance(frame.lf, lazy_first, tuple(key_exprs), key_names, checks.doms)
-    lf = post(_with_dominance(lazy_first, dom_exact, key_names, checks.doms))
+    lf = post_of(checks)(_with_dominance(lazy_first, dom_exact, key_names, checks.doms))
     fast = None
-    if any(t.rows is not None for t in checks.terms):
-        first = first_pass([(t.rows if t.rows is not None else t.exact).alias(t.name) for t in checks.terms])
+    if any(t.rows is not None for t in fast_checks.terms) or fast_checks.doms:
+        fc = fast_checks
+        first = first_pass(fc, [(t.rows if t.rows is not None else t.exact).alias(t.name) for t in fc.terms])
         fast = FastChecks(first, frame.lf, tuple(key_exprs), key_names,
-                          tuple(t for t in checks.terms if t.rows is not None), post, tuple(checks.doms))
+                          tuple(t for t in fc.terms if t.rows is not None), post_of(fc), tuple(fc.doms))
     columns = {n: ColumnInfo(t) for n, t in outs}
     out = Frame(
         Step(verb, (frame,), (tuple(keys), tuple(aggs), fast)), columns, (), frame.datasets, lf,

@@ -4,12 +4,14 @@ Why separate: the grammar never names a file; the interpreter only ever asks
 for a dataset by its configured name, and this module turns the owner's path
 into a polars scan. Nothing a user types reaches a reader function.
 
-It also knows two facts about each dataset *file version* (path, size, mtime,
+It also knows facts about each dataset *file version* (path, size, mtime,
 inode, ctime of every file it covers), measured once and cached in the
-owner's state folder: how many rows one individual has at most, and whether
-any row lacks a privacy unit id (`unit_profile`). With at most one row per
-individual, "at least k individuals" is "at least k rows", which polars
-counts for free instead of hashing every id (`frames._at_least`).
+owner's state folder: how many rows one individual has at most, whether
+any row lacks a privacy unit id, and the range of each numeric column
+(`unit_profile`). With at most one row per individual, "at least k
+individuals" is "at least k rows", which polars counts for free instead of
+hashing every id (`frames._at_least`); the ranges let the dominance rule
+clear most groups without their extremes (`frames._dominance_bounded`).
 """
 
 from __future__ import annotations
@@ -70,11 +72,17 @@ def version(ds: DatasetConfig) -> tuple[tuple[str, int, int, int, int, int], ...
 @dataclass(frozen=True)
 class UnitProfile:
     """Per dataset version: the most rows any one individual has (None: unknown), no missing ids,
-    and how many rows the file holds (None: unknown), which bounds a cross join's multiplicity."""
+    how many rows the file holds (None: unknown), which bounds a cross join's multiplicity, and
+    (column, smallest, largest) of each integer or float column whose values are all finite
+    (integers within 2^53, which Float64 holds exactly); other columns have no range."""
 
     rows_max: int | None
     nonnull: bool
     rows: int | None = None
+    ranges: tuple[tuple[str, float, float], ...] = ()
+
+    def range_of(self, column: str) -> tuple[float, float] | None:
+        return next(((lo, hi) for name, lo, hi in self.ranges if name == column), None)
 
 
 UNKNOWN = UnitProfile(None, False)
@@ -100,8 +108,9 @@ def unit_profile(ds: DatasetConfig, state_dir: Path | None = None, memory_mb: in
         if found is not None:
             return found
         stored = _read_cache(state_dir).get(_cache_key(key))
-        if stored is not None and len(stored) == 3:
-            found = UnitProfile(stored[0], bool(stored[1]), stored[2])
+        if stored is not None and len(stored) == 4:
+            found = UnitProfile(stored[0], bool(stored[1]), stored[2],
+                                tuple((str(c), float(lo), float(hi)) for c, lo, hi in stored[3]))
         else:
             found = _measure(ds, memory_mb)
             if found is not UNKNOWN and version(ds) == key[2]:  # unchanged while measuring
@@ -122,13 +131,45 @@ def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, 
         unit_profile(ds, state_dir, memory_mb)
 
 
+_EXACT_INT = 2**53
+
+
+def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float], ...]:
+    """(column, min, max) of the numeric columns whose values are all finite; one streaming pass.
+
+    Why exact values only: a range is used as a bound that must hold for every
+    row (`frames._dominance_bounded`); a NaN or infinity, or an integer Float64
+    rounds, leaves the column without one (its groups take the exact test).
+    """
+    cols = [(n, t) for n, t in schema(ds).items() if t.is_integer() or t.is_float()]
+    if not cols:
+        return ()
+    aggs: list[pl.Expr] = []
+    for i, (n, t) in enumerate(cols):
+        c = pl.col(n)
+        aggs += [c.min().cast(pl.Float64).alias(f"lo{i}"), c.max().cast(pl.Float64).alias(f"hi{i}")]
+        bad = (~c.is_finite()).any() if t.is_float() else (c.abs().cast(pl.Float64) > _EXACT_INT).any()
+        aggs.append(bad.fill_null(False).alias(f"bad{i}"))
+    row = scan(ds).select(aggs).collect(engine="streaming").row(0)
+    out = []
+    for i, (n, _) in enumerate(cols):
+        lo, hi, bad = row[3 * i], row[3 * i + 1], row[3 * i + 2]
+        if lo is not None and hi is not None and not bad and math.isfinite(lo) and math.isfinite(hi):
+            out.append((n, float(lo), float(hi)))
+    return tuple(out)
+
+
 def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
     """Max rows per non-null unit id, in hash partitions small enough for `memory_mb` (streaming engine)."""
+    try:
+        ranges = _ranges(ds)
+    except Exception:  # noqa: BLE001 - no ranges: the dominance rule uses each group's own extremes
+        ranges = ()
     if not ds.privacy_unit:  # each row is an individual
         try:
-            return UnitProfile(1, True, int(scan(ds).select(pl.len()).collect(engine="streaming").item()))
+            return UnitProfile(1, True, int(scan(ds).select(pl.len()).collect(engine="streaming").item()), ranges)
         except Exception:  # noqa: BLE001
-            return UnitProfile(1, True, None)
+            return UnitProfile(1, True, None, ranges)
     unit = pl.col(ds.privacy_unit)
     try:
         lf = scan(ds).select(unit)
@@ -143,7 +184,7 @@ def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
             part = ids if parts == 1 else ids.filter(unit.hash(seed=17) % parts == p)
             m = part.group_by(unit).agg(pl.len().alias("n")).select(pl.col("n").max()).collect(engine="streaming")
             top = max(top, int(m.item() or 0))
-        return UnitProfile(max(top, 1), nulls == 0, rows)
+        return UnitProfile(max(top, 1), nulls == 0, rows, ranges)
     except Exception:  # noqa: BLE001 - an unreadable file just means the exact (slower) counts are used
         return UNKNOWN
 
@@ -169,7 +210,7 @@ def _write_cache(state_dir: Path | None, key: str, profile: UnitProfile) -> None
     path = Path(state_dir) / PROFILE_FILE
     with _lock:
         data = _read_cache(state_dir)
-        data[key] = [profile.rows_max, profile.nonnull, profile.rows]
+        data[key] = [profile.rows_max, profile.nonnull, profile.rows, [list(r) for r in profile.ranges]]
         if len(data) > 512:  # old versions of rewritten files: keep the newest entries
             data = dict(list(data.items())[-512:])
         tmp = path.with_name(f"{PROFILE_FILE}.{os.getpid()}.tmp")

@@ -12,6 +12,8 @@ How it is checked here:
   exact per-individual pass for the groups it leaves open) against the pure
   rule on random data, through the lazy frame and the two-pass `FastChecks`,
   which must agree bit for bit;
+- the range bound (one row each, a dataset column): what it clears, what it
+  leaves open, where it never applies;
 - the deployment key `max_share` (global and per dataset, strictly checked);
 - a real kernel on a small deployment: a dominated sum is suppressed, a
   balanced one released, and `max_share = 1` switches the rule off.
@@ -112,11 +114,12 @@ def _deploy(folder: Path, frames: dict[str, pl.DataFrame], share: float | None =
     return folder / "bastion.toml"
 
 
-def _random_rows(rng: random.Random, rows_each: tuple[int, ...]) -> pl.DataFrame:
+def _random_rows(rng: random.Random, rows_each: tuple[int, ...], outliers: bool = True) -> pl.DataFrame:
     out = []
     for pid in range(rng.randint(3, 12)):
         for _ in range(rng.choice(rows_each)):
-            x = rng.choice([rng.gauss(50, 10), rng.gauss(50, 10), rng.gauss(50, 10), 900.0, None])
+            x = rng.choice([rng.gauss(50, 10), rng.gauss(50, 10), rng.gauss(50, 10), 900.0 if outliers else 50.0,
+                            None])
             out.append((pid, rng.choice("ab"), x))
     return pl.DataFrame(out, schema={"pid": pl.Int64, "g": pl.String, "x": pl.Float64}, orient="row")
 
@@ -159,6 +162,88 @@ def test_the_polars_form_decides_as_the_rule_on_both_engine_paths(tmp_path: Path
             suppressed += row["x"] is None
             assert (row["x"] is None) is rules.dominated(per, 0.5), (row, per)
     assert checked > 20 and 0 < suppressed < checked
+
+
+# ------------------------------------------------------------------ the range bound (one row each)
+# Where one row is one individual and the input is a dataset column (or a filter of it), the
+# two-pass release clears groups with the column's range in the file instead of each group's
+# extremes (`frames._dominance_bounded`); groups it cannot clear are decided exactly in the
+# second pass. Same answers as the lazy frame, which keeps the one-pass exact form.
+
+
+def test_without_outliers_the_range_clears_every_group_in_the_first_pass(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    df = pl.DataFrame([(pid, rng.choice("abcd"), rng.gauss(50, 10)) for pid in range(400)],
+                      schema={"pid": pl.Int64, "g": pl.String, "x": pl.Float64}, orient="row")
+    dep = config.load(_deploy(tmp_path, {"t": df}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    frame = F.aggregate(F.source(dep.datasets["t"], ctx), [Col("g")], [Call("mean", Col("x"))], ctx)
+    fast = R._fast_checks(frame)  # type: ignore[arg-type]
+    assert fast is not None and [d.one_row is not None for d in fast.doms] == [True]  # type: ignore[attr-defined]
+    first = fast.first.collect()  # type: ignore[attr-defined]
+    assert fast.undecided(first).height == 0  # type: ignore[attr-defined]
+    assert _both_paths(frame).get_column("x").null_count() == 0
+
+
+def test_an_outlier_in_the_file_leaves_groups_open_and_the_exact_pass_decides(tmp_path: Path) -> None:
+    """The outlier's group is suppressed; the other group, open under the wide range, is released."""
+    xs = [float(10 + i % 7) for i in range(40)]
+    df = pl.DataFrame({"pid": list(range(41)), "g": ["a"] * 20 + ["b"] * 21, "x": [*xs, OUTLIER]})
+    dep = config.load(_deploy(tmp_path, {"t": df}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    frame = F.aggregate(F.source(dep.datasets["t"], ctx), [Col("g")], [Call("sum", Col("x"))], ctx)
+    fast = R._fast_checks(frame)  # type: ignore[arg-type]
+    assert fast is not None
+    assert fast.undecided(fast.first.collect()).height == 2  # type: ignore[attr-defined]
+    got = _both_paths(frame).sort("g")
+    assert got.get_column("x").to_list() == [sum(xs[:20]), None]
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["column", "filtered-column"])
+def test_the_range_bound_decides_as_the_rule_on_random_data(tmp_path: Path, filtered: bool) -> None:
+    rng = random.Random(17)
+    checked = 0
+    for trial in range(20):
+        df = pl.concat([_random_rows(rng, (1,), outliers=trial % 2 == 0).with_columns(pl.col("pid") + 100 * i)
+                        for i in range(4)])  # 12 to 48 individuals, so both sides of x > 40 often have k
+        dep = config.load(_deploy(tmp_path / f"t{trial}", {"t": df}))
+        ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+        value = Call("filter", Col("x"), (BinOp(">", Col("x"), Lit(40.0)),)) if filtered else Col("x")
+        frame = F.aggregate(F.source(dep.datasets["t"], ctx), [Col("g")], [Call("sum", value)], ctx)
+        got = _both_paths(frame)
+        for row in got.filter(pl.col(R.OK_COLUMN)).iter_rows(named=True):
+            keep = pl.col("x").is_not_null() & ((pl.col("x") > 40.0) if filtered else pl.lit(True))
+            sub = df.filter((pl.col("g") == row["g"]) & keep)
+            other_side = df.filter(pl.col("g") == row["g"]).height - sub.height
+            if sub.height < K or (filtered and other_side < K):
+                continue  # the support rule (and, for x > 40, the split rule: k on each side) decides this one
+            checked += 1
+            assert (row["x"] is None) is rules.dominated([[v] for v in sub.get_column("x")], 0.5), row
+    assert checked > 15
+
+
+def test_no_range_where_values_are_computed_or_the_file_has_no_exact_one(tmp_path: Path) -> None:
+    df = pl.DataFrame({"pid": list(range(12)), "g": ["a"] * 12, "x": [float(i) for i in range(12)],
+                       "y": [1.0] * 11 + [math.nan], "big": [2**60 + i for i in range(12)]})
+    dep = config.load(_deploy(tmp_path, {"t": df}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    src = F.source(dep.datasets["t"], ctx)
+    profile = F.unit_profile(dep.datasets["t"], dep.state_dir)
+    assert profile.range_of("x") == (0.0, 11.0) and profile.range_of("pid") == (0.0, 11.0)
+    assert profile.range_of("y") is None and profile.range_of("big") is None  # NaN; beyond 2^53
+
+    def bounded(frame: object, value: object) -> bool:
+        agg = F.aggregate(frame, [Col("g")], [Call("sum", value)], ctx)  # type: ignore[arg-type]
+        fast = R._fast_checks(agg)  # type: ignore[arg-type]
+        return fast is not None and any(d.one_row is not None for d in fast.doms)  # type: ignore[attr-defined]
+
+    assert bounded(src, Col("x"))
+    assert bounded(F.filter_(src, [BinOp(">", Col("x"), Lit(2.0))], ctx), Col("x"))
+    assert not bounded(src, BinOp("*", Col("x"), Lit(2.0)))  # a computed value: no known range
+    # The same name, other values: a frame computed by with_columns is not the file's column.
+    rescaled = F.select(src, [Call("alias", BinOp("*", Col("x"), Lit(1000.0)), ("x",))], ctx, keep=True)
+    assert rescaled.columns["x"].dtype == pl.Float64 and not bounded(rescaled, Col("x"))
+    assert not bounded(src, Col("y")) and not bounded(src, Col("big"))
 
 
 def test_the_shift_and_scale_of_an_expression_do_not_change_the_decision(tmp_path: Path) -> None:
