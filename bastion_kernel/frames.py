@@ -36,6 +36,7 @@ import functools
 import hashlib
 import itertools
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -578,8 +579,8 @@ class _Dom:
     value: Expr  # the aggregate's input as written (`x.filter(c)` in `x.filter(c).sum()`)
     quick: pl.Expr
     # One row per individual, bound by the values' range (`_dominance_bounded`): the exact test is the
-    # group's own aggregations (these, then the test over them), no per-individual pass.
-    one_row: tuple[tuple[pl.Expr, ...], pl.Expr] | None = None
+    # group's own aggregations, then the test over them (built only when some group is left open).
+    one_row: Callable[[], tuple[list[pl.Expr], pl.Expr]] | None = None
 
 
 def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: list[_Dom],
@@ -619,10 +620,14 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
               (x.var(ddof=0).cast(pl.Float64) * count).alias(ss)]
     mean_, ss_ = pl.col(mean), pl.col(ss)
     if bound is not None and numeric and all(u.rows_max == 1 for u in live):
-        exact_stats: list[pl.Expr] = []
-        exact = _dominance(value, tuple(live), ctx, exact_stats, [], numeric, summed)  # the one-pass form
-        assert exact is not None
-        return _dominance_bounded(value, live, ctx, doms, pl.col(n), mean_, ss_, bound, (tuple(exact_stats), exact))
+
+        def one_pass() -> tuple[list[pl.Expr], pl.Expr]:
+            exact_stats: list[pl.Expr] = []
+            exact = _dominance(value, tuple(live), ctx, exact_stats, [], numeric, summed)
+            assert exact is not None
+            return exact_stats, exact
+
+        return _dominance_bounded(value, live, ctx, doms, pl.col(n), mean_, ss_, bound, one_pass)
     stats += [x.max().cast(pl.Float64).alias(hi), x.min().cast(pl.Float64).alias(lo)]
     dev2 = pl.max_horizontal((pl.col(hi) - mean_) ** 2, (pl.col(lo) - mean_) ** 2)
     # NaN compares as the largest value in polars, so finiteness is tested, never implied.
@@ -653,7 +658,7 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
 
 def _dominance_bounded(value: Expr, live: list[Unit], ctx: Ctx, doms: list[_Dom], n: pl.Expr, mean: pl.Expr,
                        ss: pl.Expr, bound: tuple[float, float],
-                       exact: tuple[tuple[pl.Expr, ...], pl.Expr]) -> pl.Expr:
+                       exact: Callable[[], tuple[list[pl.Expr], pl.Expr]]) -> pl.Expr:
     """`_dominance` with the values' range known (one row per individual): clear or open, never suppress here.
 
     With one row per individual the exact test is "all values equal, or the
@@ -661,7 +666,7 @@ def _dominance_bounded(value: Expr, live: list[Unit], ctx: Ctx, doms: list[_Dom]
     deviation is at least the group's, so passing with it is passing; a
     group it does not clear (or where SS is 0, which rounding could also
     give) is open, and `FastChecks` decides it exactly from the group's rows:
-    `exact`, the aggregations and test of the one-pass form, over just those groups.
+    `exact` builds the aggregations and test of the one-pass form, for just those groups.
     """
     lo, hi = bound
     dev2 = pl.max_horizontal((pl.lit(hi) - mean) ** 2, (pl.lit(lo) - mean) ** 2)
@@ -717,8 +722,9 @@ def _dominance_exact(source: pl.LazyFrame, keys: tuple[pl.Expr, ...], key_names:
     tables: list[pl.LazyFrame] = []
     one_row = [d for d in doms if d.one_row is not None]
     if one_row:  # one row per individual: the group's own aggregations decide (`_dominance_bounded`)
-        stats = [e for d in one_row for e in d.one_row[0]]  # type: ignore[index]
-        tests = [d.one_row[1].alias(f"{d.name}_x") for d in one_row]  # type: ignore[index]
+        forms = [d.one_row() for d in one_row]  # type: ignore[misc]
+        stats = [e for form_stats, _ in forms for e in form_stats]
+        tests = [test.alias(f"{d.name}_x") for d, (_, test) in zip(one_row, forms)]
         agg = (source.group_by([k.alias(t) for k, t in zip(keys, tmp)]).agg(stats) if keys
                else source.select(stats))
         tables.append(agg.select([*tmp, *tests]))
