@@ -14,7 +14,7 @@ exception kill the kernel or quote data.
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
@@ -22,10 +22,10 @@ from traitlets import Float
 
 from . import __version__, config
 from .errors import BastionError
-from .release import ReviewPending
-from .review import ReviewRequest, ReviewStore
-from .review.widgets import Watcher
 from .worker import QueryWorker
+
+if TYPE_CHECKING:
+    from .review.widgets import Watcher
 
 
 class BastionKernel(Kernel):
@@ -52,9 +52,27 @@ class BastionKernel(Kernel):
         worker = _EARLY.pop("worker", None)  # started by `launch.main` while ipykernel was starting
         self.worker = worker if worker is not None else QueryWorker(self.ident, deployment.limits)
         self._install_comms()
-        worker = self.worker
-        self.reviews = Watcher(ReviewStore(deployment.state_dir), worker.fetch_html,
-                               lambda rid: ReviewRequest.from_dict(worker.cancel(rid)))
+        self._state_dir = deployment.state_dir
+        self._reviews: Watcher | None = None
+
+    @property
+    def reviews(self) -> Watcher:
+        """The live review widgets, made with the first review request: their imports (the review
+        store, the release types) are not worth delaying every kernel's start-up for."""
+        if self._reviews is None:
+            from .review import ReviewRequest, ReviewStore
+            from .review.widgets import Watcher
+
+            worker = self.worker
+            self._reviews = Watcher(ReviewStore(self._state_dir), worker.fetch_html,
+                                    lambda rid: ReviewRequest.from_dict(worker.cancel(rid)))
+        return self._reviews
+
+    def _show_request(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The live widget's bundle for a review request the worker reported."""
+        from .release import ReviewPending
+
+        return self.reviews.show(ReviewPending(**fields))
 
     def _install_comms(self) -> None:
         """Route comm messages, so widgets (and their button clicks) reach the kernel.
@@ -140,11 +158,11 @@ class BastionKernel(Kernel):
             if not silent:  # requests filed before the failing statement exist: show them (the error names them)
                 for p in result.get("pending", []):
                     self.send_response(self.iopub_socket, "display_data",
-                                       {"data": self.reviews.show(ReviewPending(**p)), "metadata": {}})
+                                       {"data": self._show_request(p), "metadata": {}})
             return self._error(result["error"]["title"], result["error"]["text"], silent)
         # A review request becomes a live widget; everything else is the worker's static bundle.
         value = result["value_pending"]
-        data = self.reviews.show(ReviewPending(**value)) if value is not None else result["data"]
+        data = self._show_request(value) if value is not None else result["data"]
         clear_progress(data is not None)
         if data is not None and not silent:
             self.send_response(self.iopub_socket, "execute_result",
@@ -152,7 +170,7 @@ class BastionKernel(Kernel):
         if not silent:  # requests the cell made but does not display (`r = ...collect()`) get a widget too
             for p in result["pending"]:
                 self.send_response(self.iopub_socket, "display_data",
-                                   {"data": self.reviews.show(ReviewPending(**p)), "metadata": {}})
+                                   {"data": self._show_request(p), "metadata": {}})
         return self._ok()
 
     def _ok(self) -> dict[str, Any]:
@@ -200,7 +218,8 @@ class BastionKernel(Kernel):
         return {"status": "ok", "found": True, "data": {"text/plain": text}, "metadata": {}}
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
-        self.reviews.stop()
+        if self._reviews is not None:
+            self._reviews.stop()
         self.worker.close()  # the worker writes session_end, then is gone
         return {"status": "ok", "restart": restart}
 
