@@ -73,16 +73,29 @@ def version(ds: DatasetConfig) -> tuple[tuple[str, int, int, int, int, int], ...
 class UnitProfile:
     """Per dataset version: the most rows any one individual has (None: unknown), no missing ids,
     how many rows the file holds (None: unknown), which bounds a cross join's multiplicity, and
-    (column, smallest, largest) of each integer or float column whose values are all finite
-    (integers within 2^53, which Float64 holds exactly); other columns have no range."""
+    (column, smallest, largest, variance) of each integer or float column whose values are all
+    finite (integers within 2^53, which Float64 holds exactly); other columns have no range."""
 
     rows_max: int | None
     nonnull: bool
     rows: int | None = None
-    ranges: tuple[tuple[str, float, float], ...] = ()
+    ranges: tuple[tuple[str, float, float, float], ...] = ()
 
     def range_of(self, column: str) -> tuple[float, float] | None:
-        return next(((lo, hi) for name, lo, hi in self.ranges if name == column), None)
+        """The column's range, if it is narrow enough to clear groups (`NARROW_RANGE`); else None."""
+        for name, lo, hi, var in self.ranges:
+            if name == column:
+                return (lo, hi) if var > 0 and (hi - lo) ** 2 <= NARROW_RANGE * var else None
+        return None
+
+
+# How wide a column's range may be, in its variances, for the range to stand in for each group's
+# extremes (`frames._dominance_bounded`). A group of n rows with about the column's spread clears
+# when (range / 2)^2 <= max_share * n * variance: uniform values (ratio 12) from a handful of rows,
+# normal ones (ratio ~110 at millions of rows) from about 60. One outlier in the file makes the
+# ratio huge; then every group would need its exact extremes in a second pass over the data
+# (measured: twice the query's time), so such a column keeps them in the first pass instead.
+NARROW_RANGE = 200.0
 
 
 UNKNOWN = UnitProfile(None, False)
@@ -108,10 +121,8 @@ def unit_profile(ds: DatasetConfig, state_dir: Path | None = None, memory_mb: in
         if found is not None:
             return found
         stored = _read_cache(state_dir).get(_cache_key(key))
-        if stored is not None and len(stored) == 4:
-            found = UnitProfile(stored[0], bool(stored[1]), stored[2],
-                                tuple((str(c), float(lo), float(hi)) for c, lo, hi in stored[3]))
-        else:
+        found = _from_cache(stored)
+        if found is None:
             found = _measure(ds, memory_mb)
             if found is not UNKNOWN and version(ds) == key[2]:  # unchanged while measuring
                 _write_cache(state_dir, _cache_key(key), found)
@@ -134,8 +145,8 @@ def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, 
 _EXACT_INT = 2**53
 
 
-def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float], ...]:
-    """(column, min, max) of the numeric columns whose values are all finite; one streaming pass.
+def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float, float], ...]:
+    """(column, min, max, variance) of the numeric columns whose values are all finite; one streaming pass.
 
     Why exact values only: a range is used as a bound that must hold for every
     row (`frames._dominance_bounded`); a NaN or infinity, or an integer Float64
@@ -147,15 +158,16 @@ def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float], ...]:
     aggs: list[pl.Expr] = []
     for i, (n, t) in enumerate(cols):
         c = pl.col(n)
-        aggs += [c.min().cast(pl.Float64).alias(f"lo{i}"), c.max().cast(pl.Float64).alias(f"hi{i}")]
+        aggs += [c.min().cast(pl.Float64).alias(f"lo{i}"), c.max().cast(pl.Float64).alias(f"hi{i}"),
+                 c.cast(pl.Float64).var(ddof=0).alias(f"var{i}")]
         bad = (~c.is_finite()).any() if t.is_float() else (c.abs().cast(pl.Float64) > _EXACT_INT).any()
         aggs.append(bad.fill_null(False).alias(f"bad{i}"))
     row = scan(ds).select(aggs).collect(engine="streaming").row(0)
     out = []
     for i, (n, _) in enumerate(cols):
-        lo, hi, bad = row[3 * i], row[3 * i + 1], row[3 * i + 2]
-        if lo is not None and hi is not None and not bad and math.isfinite(lo) and math.isfinite(hi):
-            out.append((n, float(lo), float(hi)))
+        lo, hi, var, bad = row[4 * i: 4 * i + 4]
+        if None not in (lo, hi, var) and not bad and all(math.isfinite(v) for v in (lo, hi, var)):
+            out.append((n, float(lo), float(hi), float(var)))
     return tuple(out)
 
 
@@ -187,6 +199,16 @@ def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
         return UnitProfile(max(top, 1), nulls == 0, rows, ranges)
     except Exception:  # noqa: BLE001 - an unreadable file just means the exact (slower) counts are used
         return UNKNOWN
+
+
+def _from_cache(stored: Any) -> UnitProfile | None:
+    """A cached profile, or None when absent or in an older shape (then it is measured again)."""
+    try:
+        rows_max, nonnull, rows, ranges = stored
+        return UnitProfile(rows_max, bool(nonnull), rows,
+                           tuple((str(c), float(lo), float(hi), float(v)) for c, lo, hi, v in ranges))
+    except (TypeError, ValueError):
+        return None
 
 
 def _cache_key(key: tuple[str, str, tuple]) -> str:

@@ -223,14 +223,18 @@ def test_the_range_bound_decides_as_the_rule_on_random_data(tmp_path: Path, filt
 
 
 def test_no_range_where_values_are_computed_or_the_file_has_no_exact_one(tmp_path: Path) -> None:
-    df = pl.DataFrame({"pid": list(range(12)), "g": ["a"] * 12, "x": [float(i) for i in range(12)],
-                       "y": [1.0] * 11 + [math.nan], "big": [2**60 + i for i in range(12)]})
+    n = 1000
+    df = pl.DataFrame({"pid": list(range(n)), "g": ["a"] * n, "x": [float(i % 12) for i in range(n)],
+                       "y": [1.0] * (n - 1) + [math.nan], "big": [2**60 + i for i in range(n)],
+                       "tail": [float(i % 3) for i in range(n - 1)] + [1e6]})
     dep = config.load(_deploy(tmp_path, {"t": df}))
     ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
     src = F.source(dep.datasets["t"], ctx)
     profile = F.unit_profile(dep.datasets["t"], dep.state_dir)
-    assert profile.range_of("x") == (0.0, 11.0) and profile.range_of("pid") == (0.0, 11.0)
+    assert profile.range_of("x") == (0.0, 11.0) and profile.range_of("pid") == (0.0, n - 1.0)
     assert profile.range_of("y") is None and profile.range_of("big") is None  # NaN; beyond 2^53
+    # One value far out: every group would need its own extremes in a second pass, so they stay in the first.
+    assert [r[0] for r in profile.ranges].count("tail") == 1 and profile.range_of("tail") is None
 
     def bounded(frame: object, value: object) -> bool:
         agg = F.aggregate(frame, [Col("g")], [Call("sum", value)], ctx)  # type: ignore[arg-type]
@@ -243,7 +247,7 @@ def test_no_range_where_values_are_computed_or_the_file_has_no_exact_one(tmp_pat
     # The same name, other values: a frame computed by with_columns is not the file's column.
     rescaled = F.select(src, [Call("alias", BinOp("*", Col("x"), Lit(1000.0)), ("x",))], ctx, keep=True)
     assert rescaled.columns["x"].dtype == pl.Float64 and not bounded(rescaled, Col("x"))
-    assert not bounded(src, Col("y")) and not bounded(src, Col("big"))
+    assert not bounded(src, Col("y")) and not bounded(src, Col("big")) and not bounded(src, Col("tail"))
 
 
 def test_the_shift_and_scale_of_an_expression_do_not_change_the_decision(tmp_path: Path) -> None:
