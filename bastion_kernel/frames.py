@@ -565,13 +565,15 @@ class _Dom:
 
     The aggregation itself computes, over the values the aggregate is fed,
     their count, mean, sum of squared deviations (var(ddof=0) * count),
-    largest and smallest: five aggregates in the same pass, which decide
-    `rules.dominance_bound` (`quick`: True clear, False dominated, null open;
-    M = None, rows per individual unknown: open unless all values are equal).
-    With one row per individual nothing is ever open. An open group (M > 1
-    rows per individual, and the bound cannot tell) takes the exact test per
-    individual, ``<name>_x`` (`_dominance_exact`): in the lazy frame for every
-    group, in `FastChecks` for the open groups only. Same answer either way.
+    largest and smallest (count and mean shared with the threshold's and the
+    user's own aggregates), which decide `rules.dominance_bound` (`quick`:
+    True clear, False dominated, null open; M = None, rows per individual
+    unknown: open unless all values are equal). With one row per individual
+    nothing is open, except where the two-pass release uses the values' range
+    instead of each group's extremes (`_dominance_bounded`, `one_row`). An
+    open group takes the exact test, ``<name>_x`` (`_dominance_exact`): in the
+    lazy frame for every group, in `FastChecks` for the open groups only.
+    Same answer either way.
     """
 
     name: str
