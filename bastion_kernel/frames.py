@@ -66,7 +66,7 @@ from .plan import (
     walk,
 )
 from .policy import rules
-from .sources import scan, unit_profile
+from .sources import EXACT_INT, scan, unit_profile
 from .sources import schema as dataset_schema
 
 
@@ -558,6 +558,26 @@ class _Checks:
     stats: list[pl.Expr] = field(default_factory=list)  # the dominance rule's aggregations (`_Dom`)
     doms: list[_Dom] = field(default_factory=list)  # dominance tests that may need the exact pass
 
+    def with_dominance(self, facts_list: list[rules.AggFacts], units: tuple, ctx: Ctx, numeric: dict[Expr, str],
+                       summed: frozenset[Expr], bounds: dict[Expr, tuple[float, float]] | None = None) -> _Checks:
+        """These threshold checks and, per cell, the dominance rule (`_dominance`) over its values.
+
+        `summed`: values the user's own aggregates sum (the rule reuses those sums).
+        `bounds`: values' known ranges, for the two-pass release only (`_dominance_bounded`).
+        The threshold's columns are shared by every variant built from the same checks.
+        """
+        stats: list[pl.Expr] = []
+        doms: list[_Dom] = []
+        cells: list[pl.Expr | None] = []
+        for facts, cell in zip(facts_list, self.cells):
+            for value in facts.values:
+                c = _dominance(value, units, ctx, stats, doms, numeric.get(value), value in summed,
+                               (bounds or {}).get(value))
+                if c is not None:
+                    cell = c if cell is None else cell & c
+            cells.append(cell)
+        return dataclasses.replace(self, cells=cells, stats=stats, doms=doms)
+
 
 @dataclass(frozen=True, eq=False)
 class _Dom:
@@ -635,7 +655,7 @@ def _dominance(value: Expr, units: tuple, ctx: Ctx, stats: list[pl.Expr], doms: 
     # NaN compares as the largest value in polars, so finiteness is tested, never implied.
     finite = mean_.is_finite() & ss_.is_finite() & dev2.is_finite()
     if numeric == "int":
-        finite = finite & (pl.col(hi).abs() <= _EXACT_INT) & (pl.col(lo).abs() <= _EXACT_INT)
+        finite = finite & (pl.col(hi).abs() <= EXACT_INT) & (pl.col(lo).abs() <= EXACT_INT)
     equal = pl.col(hi) == pl.col(lo)  # SS = 0: no one dominates (and no rounding noise decides)
     out: pl.Expr | None = None
     for u in live:
@@ -688,7 +708,6 @@ def _dominance_bounded(value: Expr, live: list[Unit], ctx: Ctx, doms: list[_Dom]
     return pl.when(quick.is_not_null()).then(quick).otherwise(pl.col(f"{name}_x").fill_null(False))
 
 
-_EXACT_INT = float(2**53)  # integers Float64 still holds exactly
 _SAFE_REORDER = frozenset({"drop_nulls", "sort", "sort_by", "reverse"})
 
 
@@ -789,12 +808,22 @@ def _open_dominance(source: pl.LazyFrame, first: pl.LazyFrame, keys: tuple[pl.Ex
         return None
     if not keys:
         return _dominance_exact(source, (), (), doms)
-    tmp = [f"{RESERVED_PREFIX}_fk{i}" for i in range(len(keys))]
+    tmp = _key_columns(len(keys))
     open_ = functools.reduce(operator.or_, [d.quick.is_null() for d in doms])
     wanted = first.filter(open_).select([pl.col(n).alias(t) for n, t in zip(key_names, tmp)])
-    rows = source.with_columns([k.alias(t) for k, t in zip(keys, tmp)]).join(wanted, on=tmp, how="semi",
-                                                                            nulls_equal=True)
-    return _dominance_exact(rows, tuple(pl.col(t) for t in tmp), key_names, doms)
+    return _dominance_exact(_rows_of_groups(source, keys, tmp, wanted), tuple(pl.col(t) for t in tmp), key_names, doms)
+
+
+def _key_columns(n: int) -> list[str]:
+    """Names for a second pass's copies of the group keys (new columns: nothing is replaced)."""
+    return [f"{RESERVED_PREFIX}_fk{i}" for i in range(n)]
+
+
+def _rows_of_groups(source: pl.LazyFrame, keys: tuple[pl.Expr, ...], tmp: list[str],
+                    wanted: pl.LazyFrame) -> pl.LazyFrame:
+    """`source`'s rows in the groups `wanted` lists (keys named `tmp`), with their keys added as `tmp`."""
+    return source.with_columns([k.alias(t) for k, t in zip(keys, tmp)]).join(wanted, on=tmp, how="semi",
+                                                                          nulls_equal=True)
 
 
 _SAME_ROWS_VERBS = frozenset({"filter", "sort", "drop"})  # keep a scan's columns as they are, rows a subset
@@ -855,18 +884,11 @@ def _with_dominance(lf: pl.LazyFrame, exact: pl.LazyFrame | None, key_names: tup
     return lf.join(exact, how="cross")
 
 
-def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
-                 numeric: dict[Expr, str] | None = None, summed: frozenset[Expr] = frozenset(),
-                 bounds: dict[Expr, tuple[float, float]] | None = None) -> _Checks:
-    """Polars aggregations deciding the group threshold and each cell's support and dominance.
-
-    `summed`: values the user's own aggregates sum (the dominance rule reuses those sums).
-    `bounds`: values' known ranges, for the two-pass release only (`_dominance_bounded`).
-    """
+def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx) -> _Checks:
+    """Polars aggregations deciding the group threshold and each cell's support (dominance:
+    `_Checks.with_dominance`)."""
     terms: list[_Term] = []
     zeros: list[pl.Expr] = []
-    stats: list[pl.Expr] = []
-    doms: list[_Dom] = []
 
     def at_least(u: Unit, mask: pl.Expr | None) -> pl.Expr:
         name = ctx.fresh("q")
@@ -899,13 +921,8 @@ def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx,
                 f = C.expr(p)
                 c = (at_least(u, f) | none_with_id(u, f)) & at_least(u, ~f)
                 cell = c if cell is None else cell & c
-        for value in facts.values:  # the dominance rule, per unit (`_dominance`)
-            c = _dominance(value, units, ctx, stats, doms, (numeric or {}).get(value), value in summed,
-                           (bounds or {}).get(value))
-            if c is not None:
-                cell = c if cell is None else cell & c
         cells.append(cell)
-    return _Checks(terms, zeros, group_ok, cells, stats, doms)
+    return _Checks(terms, zeros, group_ok, cells)
 
 
 @dataclass(frozen=True, eq=False)
@@ -956,13 +973,12 @@ class FastChecks:
                 return dom
             out = self.source.select(exact)
             return out if dom is None else out.join(dom, how="cross")
-        tmp = [f"{RESERVED_PREFIX}_fk{i}" for i in range(len(self.keys))]  # new columns: nothing is replaced
-        keyed = self.source.with_columns([k.alias(t) for k, t in zip(self.keys, tmp)])
+        tmp = _key_columns(len(self.keys))
         term_open = self._open()[0]
 
         def only(cond: pl.Expr) -> pl.LazyFrame:
             wanted = rows.filter(cond).select([pl.col(n).alias(t) for n, t in zip(self.key_names, tmp)]).lazy()
-            return keyed.join(wanted, on=tmp, how="semi", nulls_equal=True)
+            return _rows_of_groups(self.source, self.keys, tmp, wanted)
 
         groups = rows.select([pl.col(n).alias(t) for n, t in zip(self.key_names, tmp)]).lazy()
         if rows.filter(term_open).height:
@@ -1029,11 +1045,12 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
     summed = frozenset(n.recv for a in aggs for n in walk(a) if isinstance(n, Call) and n.fn == "sum")
     numeric = _numeric_values(frame, facts)
-    checks = _unit_checks(frame.units, facts, ctx, numeric, summed)
+    threshold = _unit_checks(frame.units, facts, ctx)
+    checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed)
     bounds = _value_bounds(frame, facts, numeric, ctx)
     # The two-pass release may clear dominance with the values' ranges instead of per-group extremes;
     # the lazy frame (read when a later step follows) keeps the one-pass exact form.
-    fast_checks = _unit_checks(frame.units, facts, ctx, numeric, summed, bounds) if bounds else checks
+    fast_checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, bounds) if bounds else checks
     outs = _out_names_agg(frame, keys, aggs, ctx)
     agg_exprs = [C.expr(a) for a in aggs]
     masks = _cover_masks(aggs, frame.columns)

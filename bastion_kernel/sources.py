@@ -142,7 +142,7 @@ def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, 
         unit_profile(ds, state_dir, memory_mb)
 
 
-_EXACT_INT = 2**53
+EXACT_INT = float(2**53)  # integers Float64 still holds exactly
 
 
 def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float, float], ...]:
@@ -160,7 +160,7 @@ def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float, float], ...]:
         c = pl.col(n)
         aggs += [c.min().cast(pl.Float64).alias(f"lo{i}"), c.max().cast(pl.Float64).alias(f"hi{i}"),
                  c.cast(pl.Float64).var(ddof=0).alias(f"var{i}")]
-        bad = (~c.is_finite()).any() if t.is_float() else (c.abs().cast(pl.Float64) > _EXACT_INT).any()
+        bad = (~c.is_finite()).any() if t.is_float() else (c.abs().cast(pl.Float64) > EXACT_INT).any()
         aggs.append(bad.fill_null(False).alias(f"bad{i}"))
     row = scan(ds).select(aggs).collect(engine="streaming").row(0)
     out = []

@@ -106,12 +106,14 @@ def totals(part: CoverPart, unit: PartUnit) -> pl.DataFrame:
         .with_columns(pl.col("row").cast(pl.Int64))
 
 
-def partitions(part: CoverPart, unit: PartUnit, memory_mb: int) -> int:
+def partitions(part: CoverPart, unit: PartUnit, memory_mb: int, bytes_each: int | None = None) -> int:
     """Hash partitions for listing unit j's members within an eighth of the memory limit (the cap counts
     address space, which polars' allocator keeps once used, and the next cell needs the rest): the
-    group sets hold its rows once, each released condition's two sides once more."""
+    group sets hold its rows once, each released condition's two sides once more, at `bytes_each`
+    (`BYTES_PER_ROW` by default; `exact_sizes` counts hash-table entries instead)."""
+    each = BYTES_PER_ROW if bytes_each is None else bytes_each
     total = int(part.rows.struct.field(f"n{unit.j}").sum() or 0) * (1 + unit.nbits)
-    return max(1, math.ceil(total * BYTES_PER_ROW / (max(memory_mb, 64) * 2**20 / 8)))
+    return max(1, math.ceil(total * each / (max(memory_mb, 64) * 2**20 / 8)))
 
 
 def exact_sizes(part: CoverPart, unit: PartUnit, memory_mb: int = 4_096) -> dict[tuple[int, int], int]:
@@ -132,8 +134,7 @@ def exact_sizes(part: CoverPart, unit: PartUnit, memory_mb: int = 4_096) -> dict
         aggs += [ids.filter(holds).drop_nulls().n_unique().alias(f"s{2 * i + 1}"),
                  ids.filter(~holds).drop_nulls().n_unique().alias(f"s{2 * i + 2}")]
     names = [f"s{x}" for x in range(1 + 2 * unit.nbits)]
-    total = int(part.rows.struct.field(f"n{unit.j}").sum() or 0) * (1 + unit.nbits)
-    parts = max(1, math.ceil(total * BYTES_PER_DISTINCT / (max(memory_mb, 64) * 2**20 / 8)))
+    parts = partitions(part, unit, memory_mb, BYTES_PER_DISTINCT)
     table = None
     if spec.keys:
         rows = part.rows.struct.unnest()

@@ -198,6 +198,11 @@ OPS = {
 }
 
 
+def _failed(exc: BastionError) -> dict[str, Any]:
+    """The reply for a request that failed with a user-facing error (the kernel shows it as is)."""
+    return {"ok": False, "error": {"title": exc.title, "message": exc.message, "hint": exc.hint}}
+
+
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answer requests one at a time until the kernel closes the socket or says close."""
     while True:
@@ -213,12 +218,9 @@ def serve(sock: socket.socket, worker: Worker) -> None:
             out, out_blobs = op(worker, msg, blobs)
             reply = {"ok": True, **out}
         except BastionError as exc:
-            reply, out_blobs = {"ok": False, "error": {"title": exc.title, "message": exc.message,
-                                                        "hint": exc.hint}}, []
+            reply, out_blobs = _failed(exc), []
         except pl.exceptions.PanicException:  # a BaseException: uncaught, it would end the worker unanswered
-            exc = panic_error()
-            reply, out_blobs = {"ok": False, "error": {"title": exc.title, "message": exc.message,
-                                                        "hint": exc.hint}}, []
+            reply, out_blobs = _failed(panic_error()), []
         except Exception:  # noqa: BLE001 - a bug must not take the session down; the kernel logs it
             import traceback
 
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.resume:
             session.audit.record("worker_restart", why=args.why)
     except BastionError as exc:
-        wire.send(sock, {"ok": False, "error": {"title": exc.title, "message": exc.message, "hint": exc.hint}})
+        wire.send(sock, _failed(exc))
         return
     _cap_memory(deployment.limits.query_memory_mb)
     wire.send(sock, {"ok": True, "session_id": session.audit.session_id, "user": session.user})
