@@ -261,8 +261,26 @@ def probe(e: Expr, dtypes: dict[str, Any]) -> None:
     """
     from .plan import walk
 
-    check_temporal(e, dtypes)
     names = sorted({n.name for n in walk(e) if isinstance(n, Col)})
+    key = (repr(e), tuple((n, repr(dtypes.get(n))) for n in names))
+    if key in _PROBED:
+        return
+    _probe_rows(e, dtypes, names)
+    _PROBED[key] = None
+    if len(_PROBED) > _PROBED_MAX:
+        del _PROBED[next(iter(_PROBED))]
+
+
+# Expressions `probe` has let through, by structure and column types: the answer depends on nothing
+# else (no data), and a cell's expressions are probed several times over (every verb and rule checks
+# its own), at about a millisecond per polars frame built. A dict keeps insertion order: oldest first out.
+_PROBED: dict[tuple[str, tuple[tuple[str, str], ...]], None] = {}
+_PROBED_MAX = 4096
+
+
+def _probe_rows(e: Expr, dtypes: dict[str, Any], names: list[str]) -> None:
+    """`probe` itself: the temporal check, then the expression on made-up rows."""
+    check_temporal(e, dtypes)
     columns = {}
     for name in names:
         if name not in dtypes:

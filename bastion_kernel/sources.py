@@ -72,14 +72,16 @@ def version(ds: DatasetConfig) -> tuple[tuple[str, int, int, int, int, int], ...
 @dataclass(frozen=True)
 class UnitProfile:
     """Per dataset version: the most rows any one individual has (None: unknown), no missing ids,
-    how many rows the file holds (None: unknown), which bounds a cross join's multiplicity, and
+    how many rows the file holds (None: unknown), which bounds a cross join's multiplicity,
     (column, smallest, largest, variance) of each integer or float column whose values are all
-    finite (integers within 2^53, which Float64 holds exactly); other columns have no range."""
+    finite (integers within 2^53, which Float64 holds exactly; other columns have no range), and
+    the columns without a null."""
 
     rows_max: int | None
     nonnull: bool
     rows: int | None = None
     ranges: tuple[tuple[str, float, float, float], ...] = ()
+    filled: tuple[str, ...] = ()
 
     def range_of(self, column: str) -> tuple[float, float] | None:
         """The column's range, if it is narrow enough to clear groups (`NARROW_RANGE`); else None."""
@@ -145,43 +147,50 @@ def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, 
 EXACT_INT = float(2**53)  # integers Float64 still holds exactly
 
 
-def _ranges(ds: DatasetConfig) -> tuple[tuple[str, float, float, float], ...]:
-    """(column, min, max, variance) of the numeric columns whose values are all finite; one streaming pass.
+def _columns(ds: DatasetConfig) -> tuple[tuple[tuple[str, float, float, float], ...], tuple[str, ...]]:
+    """`UnitProfile.ranges` and `UnitProfile.filled`, in one streaming pass.
 
-    Why exact values only: a range is used as a bound that must hold for every
-    row (`frames._dominance_bounded`); a NaN or infinity, or an integer Float64
-    rounds, leaves the column without one (its groups take the exact test).
+    Ranges: (column, min, max, variance) of the numeric columns whose values
+    are all finite. Why exact values only: a range is used as a bound that
+    must hold for every row (`frames._dominance_bounded`); a NaN or infinity,
+    or an integer Float64 rounds, leaves the column without one (its groups
+    take the exact test). Filled: the columns whose null count is 0.
     """
-    cols = [(n, t) for n, t in schema(ds).items() if t.is_integer() or t.is_float()]
-    if not cols:
-        return ()
-    aggs: list[pl.Expr] = []
+    types = schema(ds)
+    names = list(types)
+    cols = [(n, t) for n, t in types.items() if t.is_integer() or t.is_float()]
+    aggs: list[pl.Expr] = [pl.col(n).null_count().alias(f"nulls{i}") for i, n in enumerate(names)]
     for i, (n, t) in enumerate(cols):
         c = pl.col(n)
         aggs += [c.min().cast(pl.Float64).alias(f"lo{i}"), c.max().cast(pl.Float64).alias(f"hi{i}"),
                  c.cast(pl.Float64).var(ddof=0).alias(f"var{i}")]
         bad = (~c.is_finite()).any() if t.is_float() else (c.abs().cast(pl.Float64) > EXACT_INT).any()
         aggs.append(bad.fill_null(False).alias(f"bad{i}"))
+    if not aggs:
+        return (), ()
     row = scan(ds).select(aggs).collect(engine="streaming").row(0)
+    filled = tuple(n for n, nulls in zip(names, row) if nulls == 0)
+    row = row[len(names):]
     out = []
     for i, (n, _) in enumerate(cols):
         lo, hi, var, bad = row[4 * i: 4 * i + 4]
         if None not in (lo, hi, var) and not bad and all(math.isfinite(v) for v in (lo, hi, var)):
             out.append((n, float(lo), float(hi), float(var)))
-    return tuple(out)
+    return tuple(out), filled
 
 
 def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
     """Max rows per non-null unit id, in hash partitions small enough for `memory_mb` (streaming engine)."""
     try:
-        ranges = _ranges(ds)
+        ranges, filled = _columns(ds)
     except Exception:  # noqa: BLE001 - no ranges: the dominance rule uses each group's own extremes
-        ranges = ()
+        ranges, filled = (), ()
     if not ds.privacy_unit:  # each row is an individual
         try:
-            return UnitProfile(1, True, int(scan(ds).select(pl.len()).collect(engine="streaming").item()), ranges)
+            rows = int(scan(ds).select(pl.len()).collect(engine="streaming").item())
+            return UnitProfile(1, True, rows, ranges, filled)
         except Exception:  # noqa: BLE001
-            return UnitProfile(1, True, None, ranges)
+            return UnitProfile(1, True, None, ranges, filled)
     unit = pl.col(ds.privacy_unit)
     try:
         lf = scan(ds).select(unit)
@@ -196,7 +205,7 @@ def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
             part = ids if parts == 1 else ids.filter(unit.hash(seed=17) % parts == p)
             m = part.group_by(unit).agg(pl.len().alias("n")).select(pl.col("n").max()).collect(engine="streaming")
             top = max(top, int(m.item() or 0))
-        return UnitProfile(max(top, 1), nulls == 0, rows, ranges)
+        return UnitProfile(max(top, 1), nulls == 0, rows, ranges, filled)
     except Exception:  # noqa: BLE001 - an unreadable file just means the exact (slower) counts are used
         return UNKNOWN
 
@@ -204,9 +213,10 @@ def _measure(ds: DatasetConfig, memory_mb: int) -> UnitProfile:
 def _from_cache(stored: Any) -> UnitProfile | None:
     """A cached profile, or None when absent or in an older shape (then it is measured again)."""
     try:
-        rows_max, nonnull, rows, ranges = stored
+        rows_max, nonnull, rows, ranges, filled = stored
         return UnitProfile(rows_max, bool(nonnull), rows,
-                           tuple((str(c), float(lo), float(hi), float(v)) for c, lo, hi, v in ranges))
+                           tuple((str(c), float(lo), float(hi), float(v)) for c, lo, hi, v in ranges),
+                           tuple(str(c) for c in filled))
     except (TypeError, ValueError):
         return None
 
@@ -232,7 +242,8 @@ def _write_cache(state_dir: Path | None, key: str, profile: UnitProfile) -> None
     path = Path(state_dir) / PROFILE_FILE
     with _lock:
         data = _read_cache(state_dir)
-        data[key] = [profile.rows_max, profile.nonnull, profile.rows, [list(r) for r in profile.ranges]]
+        data[key] = [profile.rows_max, profile.nonnull, profile.rows, [list(r) for r in profile.ranges],
+                     list(profile.filled)]
         if len(data) > 512:  # old versions of rewritten files: keep the newest entries
             data = dict(list(data.items())[-512:])
         tmp = path.with_name(f"{PROFILE_FILE}.{os.getpid()}.tmp")

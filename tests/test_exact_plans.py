@@ -149,6 +149,34 @@ def test_unit_profile_is_measured_again_when_the_file_changes(tmp_path: Path) ->
     assert sources.unit_profile(ds, tmp_path).rows_max == 3
 
 
+def test_values_are_counted_by_rows_only_in_columns_the_file_holds_no_null_in(tmp_path: Path) -> None:
+    """Group a has 5 people but only 2 values of x: its x is withheld there, its y (no nulls) released;
+    a column made after the scan is counted by its values, whatever the file's column held."""
+    df = pl.DataFrame({"pid": list(range(10)), "g": ["a"] * 5 + ["b"] * 5,
+                       "x": [1.0, 2.0, None, None, None, 1.0, 2.0, 3.0, 4.0, 5.0], "y": [float(i) for i in range(10)]})
+    path = tmp_path / "d.parquet"
+    df.write_parquet(path)
+    ds = config.DatasetConfig("d", str(path), "parquet", "pid", (), K, "review", None)
+    assert sources.unit_profile(ds, tmp_path).filled == ("pid", "g", "y")
+    ctx = F.Ctx(itertools.count(), state_dir=tmp_path, sources={"d": ds})
+    src = F.source(ds, ctx)
+    assert F._filled_columns(src, ctx) == {"pid", "g", "y"}
+    assert F._filled_columns(F.filter_(src, [BinOp(">", Col("y"), Lit(0.0))], ctx), ctx) == {"pid", "g", "y"}
+    made = F.select(src, [Call("alias", Col("x"), ("y",))], ctx, keep=True)  # y now holds x's nulls
+    assert F._filled_columns(made, ctx) == frozenset()
+    for frame in (src, made):
+        out = F.aggregate(frame, [Col("g")], [Call("mean", Col("x")), Call("alias", Call("mean", Col("y")), ("m",))],
+                          ctx)
+        fast = R._fast_checks(out)
+        two_pass = out.lf.collect() if fast is None else \
+            fast.finish(first := fast.first.collect(), None if not fast.undecided(first).height
+                        else fast.second(fast.undecided(first)).collect()).collect()
+        for got in (out.lf.collect(), two_pass):
+            rows = {g: (x, m) for g, x, m in got.filter(pl.col(F.OK_COLUMN)).select("g", "x", "m").iter_rows()}
+            y_a = None if frame is made else 2.0  # `made`'s y is x: 2 values in group a
+            assert rows == {"a": (None, y_a), "b": (3.0, 3.0 if frame is made else 7.0)}, rows
+
+
 def test_the_kernel_process_starts_without_polars() -> None:
     """Start-up: the kernel only relays cells; polars is imported by its query worker."""
     code = "import sys, bastion_kernel.kernel; print('polars' in sys.modules)"
