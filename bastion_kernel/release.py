@@ -8,6 +8,7 @@ returns is either `Released` (already thresholded and masked), or
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -40,8 +41,14 @@ class Released:
     # Which individuals the released rows covered (for the differencing check); never displayed.
     cover: Cover | None = field(default=None, compare=False, repr=False)
 
+    @functools.cached_property
+    def ipc(self) -> bytes:
+        """The table as Arrow IPC bytes: what the audit digest hashes and the worker sends to the
+        kernel (`worker.server.effects_out`), written once for both."""
+        return ipc(self.df)
+
     def digest(self) -> str:
-        return digest(self.df)
+        return hashlib.sha256(self.ipc).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,14 @@ class Decision:
         return "; ".join(v.message for v in self.reasons)
 
 
-def digest(df: pl.DataFrame) -> str:
+def ipc(df: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.write_ipc(buf)
-    return hashlib.sha256(buf.getvalue()).hexdigest()
+    return buf.getvalue()
+
+
+def digest(df: pl.DataFrame) -> str:
+    return hashlib.sha256(ipc(df)).hexdigest()
 
 
 def decide(frame: Frame) -> Decision:

@@ -65,6 +65,7 @@ class Effect:
     kind: str  # "released" | "pending" | "request"
     meta: dict[str, Any]
     df: pl.DataFrame | None = None
+    ipc: bytes | None = field(default=None, compare=False, repr=False)  # `df` as Arrow IPC (`Released.ipc`)
 
     @staticmethod
     def of(value: Any) -> Effect:
@@ -72,7 +73,7 @@ class Effect:
             meta = {"withheld_groups": value.withheld_groups, "suppressed_cells": value.suppressed_cells,
                     "notes": list(value.notes), "masked": list(value.masked), "source": value.source,
                     "request_id": value.request_id}
-            return Effect("released", meta, value.df)
+            return Effect("released", meta, value.df, value.ipc)
         if isinstance(value, R.ReviewPending):
             return Effect("pending", {"request_id": value.request_id, "reason": value.reason,
                                       "dataset": value.dataset, "cell": value.cell})

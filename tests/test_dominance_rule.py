@@ -199,9 +199,8 @@ def test_an_outlier_in_the_file_leaves_groups_open_and_the_exact_pass_decides(tm
     assert got.get_column("x").to_list() == [sum(xs[:20]), None]
 
 
-# The values' kinds: floats; integers (their squares summed as Int64); floats shifted by 1e9, where
-# the sum of squares minus n·mean² loses every digit of the spread to cancellation; a column without
-# nulls, whose values are counted by rows (`frames._values_mask`).
+# The values' kinds: floats; integers; floats shifted by 1e9 (a mean far larger than the spread, where
+# rounding could decide); a column without nulls, whose values are counted by rows (`frames._values_mask`).
 VALUE_KINDS = {"float": (pl.col("x"), 0.0), "int": (pl.col("x").round().cast(pl.Int64), 0.0),
                "shifted": (pl.col("x") + 1e9, 1e9), "no-nulls": (pl.col("x").fill_null(35.0), 0.0)}
 

@@ -35,7 +35,7 @@ import polars as pl
 from .. import config
 from ..display import bundle
 from ..errors import BastionError
-from ..release import ReviewPending, panic_error
+from ..release import ReviewPending, ipc, panic_error
 from ..session import Effect, Session
 from . import wire
 
@@ -108,10 +108,8 @@ def effects_out(effects: list[Effect]) -> tuple[list[dict[str, Any]], list[bytes
     for e in effects:
         meta: dict[str, Any] = {"kind": e.kind, "meta": e.meta, "blob": None}
         if e.df is not None:
-            buf = io.BytesIO()
-            e.df.write_ipc(buf)
             meta["blob"] = len(blobs)
-            blobs.append(buf.getvalue())
+            blobs.append(e.ipc if e.ipc is not None else ipc(e.df))
         metas.append(meta)
     return metas, blobs
 
