@@ -559,12 +559,13 @@ class _Checks:
     doms: list[_Dom] = field(default_factory=list)  # dominance tests that may need the exact pass
 
     def with_dominance(self, facts_list: list[rules.AggFacts], units: tuple, ctx: Ctx, numeric: dict[Expr, str],
-                       summed: frozenset[Expr], filled: frozenset[str],
+                       summed: frozenset[Expr], filled: frozenset[str], settled: frozenset[Expr],
                        bounds: dict[Expr, tuple[float, float]] | None = None) -> _Checks:
         """These threshold checks and, per cell, the dominance rule (`_dominance`) over its values.
 
         `summed`: values the user's own aggregates sum (the rule reuses those sums).
         `filled`: columns without nulls (`_filled_columns`).
+        `settled`: values no individual can dominate, as the file's facts show (`_settled_by_file`).
         `bounds`: values' known ranges, for the two-pass release only (`_dominance_bounded`).
         The threshold's columns are shared by every variant built from the same checks.
         """
@@ -573,6 +574,8 @@ class _Checks:
         cells: list[pl.Expr | None] = []
         for facts, cell in zip(facts_list, self.cells):
             for value in facts.values:
+                if value in settled:
+                    continue
                 c = _dominance(value, units, ctx, stats, doms, numeric.get(value), value in summed,
                                (bounds or {}).get(value), _values_mask(rules.aligned(value), filled))
                 if c is not None:
@@ -875,6 +878,37 @@ def _values_mask(value: Expr, filled: frozenset[str]) -> pl.Expr | None:
     return C.expr(value).is_not_null()
 
 
+def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts], ctx: Ctx) -> frozenset[Expr]:
+    """Dominance inputs that the file's own facts clear, so the query computes nothing for them.
+
+    Where one row is one individual and a column without nulls is aggregated
+    over every row of its file (no group keys, no filter: the frame is the
+    scan, sorted or with columns dropped), the one group is the whole file.
+    Its sum of squared deviations is rows × the column's variance, and no
+    value lies further from the mean than the column's range, so
+    range² <= max_share × rows × variance clears it for every individual
+    (`rules.dominated` with one row each), exactly as the query's own test
+    would; a margin of 1e-9 keeps rounding from deciding. Otherwise the
+    query tests the value as usual.
+    """
+    if keys or len(frame.units) != 1 or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
+        return frozenset()
+    f = frame
+    while f.step.verb in ("sort", "drop"):
+        f = f.step.inputs[0]
+    profile = _file_profile(f, ctx) if f.step.verb == "scan" else None
+    if profile is None or profile.rows_max != 1 or profile.rows is None:
+        return frozenset()
+    share, ranges = frame.units[0].max_share, {name: (lo, hi, var) for name, lo, hi, var in profile.ranges}
+    out = set()
+    for v in (v for fa in facts for v in fa.values):
+        if isinstance(v, Col) and v.name in profile.filled and v.name in ranges:
+            lo, hi, var = ranges[v.name]
+            if var > 0 and profile.rows * share >= 1 and (hi - lo) ** 2 <= share * profile.rows * var * (1 - 1e-9):
+                out.add(v)
+    return frozenset(out)
+
+
 def _value_bounds(frame: Frame, facts: list[rules.AggFacts], numeric: dict[Expr, str],
                   ctx: Ctx) -> dict[Expr, tuple[float, float]]:
     """Ranges that hold for every value of each dominance input (`_dominance_bounded`), where known:
@@ -1080,13 +1114,13 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
     summed = frozenset(n.recv for a in aggs for n in walk(a) if isinstance(n, Call) and n.fn == "sum")
     numeric = _numeric_values(frame, facts)
-    filled = _filled_columns(frame, ctx)
+    filled, settled = _filled_columns(frame, ctx), _settled_by_file(frame, keys, facts, ctx)
     threshold = _unit_checks(frame.units, facts, ctx, filled)
-    checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled)
+    checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled, settled)
     bounds = _value_bounds(frame, facts, numeric, ctx)
     # The two-pass release may clear dominance with the values' ranges instead of per-group extremes;
     # the lazy frame (read when a later step follows) keeps the one-pass exact form.
-    fast_checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled, bounds) \
+    fast_checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled, settled, bounds) \
         if bounds else checks
     outs = _out_names_agg(frame, keys, aggs, ctx)
     agg_exprs = [C.expr(a) for a in aggs]

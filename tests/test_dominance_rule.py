@@ -261,6 +261,32 @@ def test_no_range_where_values_are_computed_or_the_file_has_no_exact_one(tmp_pat
     assert not bounded(src, Col("y")) and not bounded(src, Col("big")) and not bounded(src, Col("tail"))
 
 
+def test_a_column_over_its_whole_file_is_cleared_by_the_files_own_facts(tmp_path: Path) -> None:
+    """No group keys, no filter, one row each: the one group is the file, so the column's variance and
+    range (measured once per file version) clear it with nothing computed in the query. A far outlier
+    they cannot clear is tested by the query, and suppressed."""
+    n = 40
+    xs = [float(10 + i % 7) for i in range(n)]
+    df = pl.DataFrame({"pid": list(range(n)), "g": ["a", "b"] * (n // 2), "x": xs,
+                       "tail": xs[:-1] + [OUTLIER], "gap": xs[:-1] + [None]})
+    dep = config.load(_deploy(tmp_path, {"t": df}))
+    ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
+    src = F.source(dep.datasets["t"], ctx)
+
+    def settled(frame: object, keys: list, value: Col) -> bool:
+        facts = [rules.analyse_agg(Call("sum", value), frame.columns)]  # type: ignore[attr-defined]
+        return value in F._settled_by_file(frame, keys, facts, ctx)  # type: ignore[arg-type]
+
+    assert settled(src, [], Col("x"))
+    assert settled(F.sort(src, [Col("x")], ctx, False, None), [], Col("x"))  # the same rows
+    assert not settled(src, [Col("g")], Col("x"))  # a group: its own spread decides
+    assert not settled(F.filter_(src, [BinOp(">", Col("x"), Lit(12.0))], ctx), [], Col("x"))  # a subset
+    assert not settled(src, [], Col("tail")) and not settled(src, [], Col("gap"))  # an outlier; nulls
+    aggs = [Call("alias", Call("sum", Col(c)), (c,)) for c in ("x", "tail", "gap")]
+    row = _both_paths(F.aggregate(src, [], aggs, ctx, verb="select")).row(0, named=True)
+    assert (row["x"], row["tail"], row["gap"]) == (sum(xs), None, sum(xs[:-1]))
+
+
 def test_the_shift_and_scale_of_an_expression_do_not_change_the_decision(tmp_path: Path) -> None:
     df = pl.DataFrame({"pid": list(range(10)), "g": ["a"] * 10, "x": [float(i) for i in range(9)] + [OUTLIER]})
     dep = config.load(_deploy(tmp_path, {"t": df}))
