@@ -564,7 +564,7 @@ class _Checks:
         """These threshold checks and, per cell, the dominance rule (`_dominance`) over its values.
 
         `summed`: values the user's own aggregates sum (the rule reuses those sums).
-        `filled`: columns without nulls (`_filled_columns`).
+        `filled`: columns without nulls (`UnitProfile.filled`).
         `settled`: values no individual can dominate, as the file's facts show (`_settled_by_file`).
         `bounds`: values' known ranges, for the two-pass release only (`_dominance_bounded`).
         The threshold's columns are shared by every variant built from the same checks.
@@ -853,10 +853,6 @@ def _file_profile(frame: Frame, ctx: Ctx) -> UnitProfile | None:
     return None if ds is None else unit_profile(ds, ctx.state_dir, ctx.memory_mb)
 
 
-def _filled_columns(frame: Frame, ctx: Ctx) -> frozenset[str]:
-    """Columns of `frame` that hold no null (the file has none in them, `_file_profile`)."""
-    profile = _file_profile(frame, ctx)
-    return frozenset() if profile is None else frozenset(profile.filled)
 
 
 def _values_mask(value: Expr, filled: frozenset[str]) -> pl.Expr | None:
@@ -878,7 +874,8 @@ def _values_mask(value: Expr, filled: frozenset[str]) -> pl.Expr | None:
     return C.expr(value).is_not_null()
 
 
-def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts], ctx: Ctx) -> frozenset[Expr]:
+def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts],
+                     profile: UnitProfile | None) -> frozenset[Expr]:
     """Dominance inputs that the file's own facts clear, so the query computes nothing for them.
 
     Where one row is one individual and a column without nulls is aggregated
@@ -889,15 +886,14 @@ def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts]
     range² <= max_share × rows × variance clears it for every individual
     (`rules.dominated` with one row each), exactly as the query's own test
     would; a margin of 1e-9 keeps rounding from deciding. Otherwise the
-    query tests the value as usual.
+    query tests the value as usual. `profile`: the file's facts (`_file_profile`).
     """
     if keys or len(frame.units) != 1 or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
         return frozenset()
     f = frame
     while f.step.verb in ("sort", "drop"):
         f = f.step.inputs[0]
-    profile = _file_profile(f, ctx) if f.step.verb == "scan" else None
-    if profile is None or profile.rows_max != 1 or profile.rows is None:
+    if f.step.verb != "scan" or profile is None or profile.rows_max != 1 or profile.rows is None:
         return frozenset()
     share, ranges = frame.units[0].max_share, {name: (lo, hi, var) for name, lo, hi, var in profile.ranges}
     out = set()
@@ -910,13 +906,12 @@ def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts]
 
 
 def _value_bounds(frame: Frame, facts: list[rules.AggFacts], numeric: dict[Expr, str],
-                  ctx: Ctx) -> dict[Expr, tuple[float, float]]:
+                  profile: UnitProfile | None) -> dict[Expr, tuple[float, float]]:
     """Ranges that hold for every value of each dominance input (`_dominance_bounded`), where known:
-    the file's range of a column (`_file_profile`), with one row per individual, the input a column
-    or a filter of one."""
+    the file's range of a column (`profile`, from `_file_profile`), with one row per individual, the
+    input a column or a filter of one."""
     if len(frame.units) != 1 or frame.units[0].rows_max != 1:
         return {}
-    profile = _file_profile(frame, ctx)
     if profile is None or profile.rows_max != 1:  # not the file's columns, or the file changed since
         return {}
     out: dict[Expr, tuple[float, float]] = {}
@@ -955,7 +950,7 @@ def _with_dominance(lf: pl.LazyFrame, exact: pl.LazyFrame | None, key_names: tup
 
 def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx, filled: frozenset[str]) -> _Checks:
     """Polars aggregations deciding the group threshold and each cell's support (dominance:
-    `_Checks.with_dominance`); `filled`: columns without nulls (`_filled_columns`)."""
+    `_Checks.with_dominance`); `filled`: columns without nulls (`UnitProfile.filled`)."""
     terms: list[_Term] = []
     zeros: list[pl.Expr] = []
 
@@ -1114,10 +1109,12 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         violations = _violations(frame.evolve(violations=violations), rules.agg_violations(f, ds, "an aggregate"))
     summed = frozenset(n.recv for a in aggs for n in walk(a) if isinstance(n, Call) and n.fn == "sum")
     numeric = _numeric_values(frame, facts)
-    filled, settled = _filled_columns(frame, ctx), _settled_by_file(frame, keys, facts, ctx)
+    profile = _file_profile(frame, ctx)
+    filled = frozenset(profile.filled if profile is not None else ())  # columns without a null
+    settled = _settled_by_file(frame, keys, facts, profile)
     threshold = _unit_checks(frame.units, facts, ctx, filled)
     checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled, settled)
-    bounds = _value_bounds(frame, facts, numeric, ctx)
+    bounds = _value_bounds(frame, facts, numeric, profile)
     # The two-pass release may clear dominance with the values' ranges instead of per-group extremes;
     # the lazy frame (read when a later step follows) keeps the one-pass exact form.
     fast_checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled, settled, bounds) \

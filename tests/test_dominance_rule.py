@@ -275,7 +275,7 @@ def test_a_column_over_its_whole_file_is_cleared_by_the_files_own_facts(tmp_path
 
     def settled(frame: object, keys: list, value: Col) -> bool:
         facts = [rules.analyse_agg(Call("sum", value), frame.columns)]  # type: ignore[attr-defined]
-        return value in F._settled_by_file(frame, keys, facts, ctx)  # type: ignore[arg-type]
+        return value in F._settled_by_file(frame, keys, facts, F._file_profile(frame, ctx))  # type: ignore[arg-type]
 
     assert settled(src, [], Col("x"))
     assert settled(F.sort(src, [Col("x")], ctx, False, None), [], Col("x"))  # the same rows

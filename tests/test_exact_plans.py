@@ -160,10 +160,9 @@ def test_values_are_counted_by_rows_only_in_columns_the_file_holds_no_null_in(tm
     assert sources.unit_profile(ds, tmp_path).filled == ("pid", "g", "y")
     ctx = F.Ctx(itertools.count(), state_dir=tmp_path, sources={"d": ds})
     src = F.source(ds, ctx)
-    assert F._filled_columns(src, ctx) == {"pid", "g", "y"}
-    assert F._filled_columns(F.filter_(src, [BinOp(">", Col("y"), Lit(0.0))], ctx), ctx) == {"pid", "g", "y"}
+    assert F._file_profile(F.filter_(src, [BinOp(">", Col("y"), Lit(0.0))], ctx), ctx).filled == ("pid", "g", "y")
     made = F.select(src, [Call("alias", Col("x"), ("y",))], ctx, keep=True)  # y now holds x's nulls
-    assert F._filled_columns(made, ctx) == frozenset()
+    assert F._file_profile(made, ctx) is None  # not the file's columns: none known to be filled
     for frame in (src, made):
         out = F.aggregate(frame, [Col("g")], [Call("mean", Col("x")), Call("alias", Call("mean", Col("y")), ("m",))],
                           ctx)
