@@ -989,6 +989,9 @@ def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx, fille
     return _Checks(terms, zeros, group_ok, cells)
 
 
+OPEN_COLUMN = f"{RESERVED_PREFIX}_open"  # `FastChecks.finish(flag_open=True)`: the first pass left the answer open
+
+
 @dataclass(frozen=True, eq=False)
 class FastChecks:
     """The same aggregation with the threshold decided in two passes, for a release run straight from it.
@@ -1021,10 +1024,19 @@ class FastChecks:
         return (functools.reduce(operator.or_, terms, pl.lit(False)),
                 functools.reduce(operator.or_, doms, pl.lit(False)))
 
-    def undecided(self, df: pl.DataFrame) -> pl.DataFrame:
-        """Rows of the first pass where some term's row count (or dominance bound) leaves the answer open."""
-        terms, doms = self._open()
-        return df.filter(terms | doms)
+    def settle(self, first: pl.DataFrame, run: Callable[[pl.LazyFrame], pl.DataFrame]) -> pl.DataFrame:
+        """The frame's result from the first pass (`run` collects each further step).
+
+        Finished at once, saying beside each group whether a row count or
+        bound left it open; where none did (the usual case at scale) that is
+        the answer, in one small query. Otherwise the second pass decides the
+        open groups (`second`), and the first pass is finished with its answers.
+        """
+        both = run(self.finish(first, None, flag_open=True))
+        is_open = both.get_column(OPEN_COLUMN)
+        if not is_open.any():
+            return both.drop(OPEN_COLUMN)
+        return run(self.finish(first, run(self.second(first.filter(is_open)))))
 
     def second(self, rows: pl.DataFrame) -> pl.LazyFrame:
         """The exact terms (and dominance tests, as ``<name>_x``) for those groups only, each test
@@ -1059,9 +1071,12 @@ class FastChecks:
                 out = out.join(dom, on=tmp, how="left", nulls_equal=True)
         return out.rename(dict(zip(tmp, self.key_names)))
 
-    def finish(self, df: pl.DataFrame, exact: pl.DataFrame | None) -> pl.LazyFrame:
-        """The frame's result from the first pass and the exact answers where they were needed."""
+    def finish(self, df: pl.DataFrame, exact: pl.DataFrame | None, *, flag_open: bool = False) -> pl.LazyFrame:
+        """The frame's result from the first pass and the exact answers where they were needed
+        (`flag_open`: and ``OPEN_COLUMN``, whether the first pass left the row's answer open)."""
         lf = df.lazy()
+        if flag_open:
+            lf = lf.with_columns(functools.reduce(operator.or_, self._open()).fill_null(True).alias(OPEN_COLUMN))
         dom_x = [f"{d.name}_x" for d in self.doms]
         if exact is not None and exact.height and dom_x:
             exact = exact.with_columns([pl.lit(None, pl.Boolean).alias(x) for x in dom_x if x not in exact.columns])
@@ -1082,7 +1097,7 @@ class FastChecks:
         decided = [pl.when(pl.col(t.name) >= t.unit.k * (t.unit.rows_max or 1)).then(True)
                    .when(pl.col(t.name) < t.unit.k).then(False)
                    .otherwise(pl.col(f"{t.name}_x").fill_null(False)).alias(t.name) for t in self.terms]
-        return self.post(lf.with_columns(decided))
+        return self.post(lf.with_columns(decided), (OPEN_COLUMN,) if flag_open else ())
 
 
 def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, verb: str = "group_by",
@@ -1139,7 +1154,8 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         cell_names = [ctx.fresh("c") if c is not None else None for c in checks.cells]
         return functools.partial(post, checks, cell_names)
 
-    def post(checks: _Checks, cell_names: list[str | None], lf: pl.LazyFrame) -> pl.LazyFrame:
+    def post(checks: _Checks, cell_names: list[str | None], lf: pl.LazyFrame, keep: tuple[str, ...] = ()) \
+            -> pl.LazyFrame:
         decided = [c.alias(n) for c, n in zip(checks.cells, cell_names) if c is not None and n is not None]
         decided.append((checks.group_ok if checks.group_ok is not None else pl.lit(True)).alias(OK_COLUMN))
         lf = lf.with_columns(decided)
@@ -1154,7 +1170,8 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
         lf = lf.with_columns(sup_count.alias(SUPPRESSED_COLUMN))
         key_fields = [pl.col(n).alias(f"k{i}") for i, n in enumerate(out_names[:len(keys)])]
         lf = lf.with_columns(pl.struct([*key_fields, *cover_fields, *_released_words(masks, cell_names)]).alias(cover))
-        return lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN)])
+        return lf.select([*map(pl.col, out_names), pl.col(cover), pl.col(OK_COLUMN), pl.col(SUPPRESSED_COLUMN),
+                          *map(pl.col, keep)])
 
     key_names = tuple(out_names[:len(keys)])
     lazy_first = first_pass(checks, [t.exact.alias(t.name) for t in checks.terms])

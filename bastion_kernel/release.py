@@ -178,9 +178,7 @@ def release_aggregate(frame: Frame, limits: Limits) -> Released:
         fast = _fast_checks(frame)
         if fast is not None:  # the threshold in two streaming passes (frames.FastChecks); same answer
             first, *extra_dfs = run_all([fast.first, *extra])
-            open_rows = fast.undecided(first)
-            exact = run(fast.second(open_rows)) if open_rows.height else None
-            df = run(fast.finish(first, exact))
+            df = fast.settle(first, run)
         else:
             df, *extra_dfs = run_all([frame.lf, *extra])
         ok = df.get_column(OK_COLUMN)

@@ -167,9 +167,7 @@ def test_values_are_counted_by_rows_only_in_columns_the_file_holds_no_null_in(tm
         out = F.aggregate(frame, [Col("g")], [Call("mean", Col("x")), Call("alias", Call("mean", Col("y")), ("m",))],
                           ctx)
         fast = R._fast_checks(out)
-        two_pass = out.lf.collect() if fast is None else \
-            fast.finish(first := fast.first.collect(), None if not fast.undecided(first).height
-                        else fast.second(fast.undecided(first)).collect()).collect()
+        two_pass = out.lf.collect() if fast is None else fast.settle(fast.first.collect(), lambda lf: lf.collect())
         for got in (out.lf.collect(), two_pass):
             rows = {g: (x, m) for g, x, m in got.filter(pl.col(F.OK_COLUMN)).select("g", "x", "m").iter_rows()}
             y_a = None if frame is made else 2.0  # `made`'s y is x: 2 values in group a
@@ -227,9 +225,8 @@ def test_two_pass_threshold_equals_the_exact_lazy_one(deployment: config.Deploym
     fast = R._fast_checks(frame)
     assert fast is not None
     first = fast.first.collect()
-    assert fast.undecided(first).height > 0  # the second pass has work to do
-    open_rows = fast.undecided(first)
-    two_pass = fast.finish(first, fast.second(open_rows).collect()).collect()
+    assert fast.finish(first, None, flag_open=True).collect().get_column(F.OPEN_COLUMN).any()  # a second pass
+    two_pass = fast.settle(first, lambda lf: lf.collect())
     lazy = frame.lf.collect()
     cols = [*frame.columns, F.OK_COLUMN, F.SUPPRESSED_COLUMN]
     assert two_pass.select(cols).sort("g").equals(lazy.select(cols).sort("g"))
