@@ -924,16 +924,24 @@ def _value_bounds(frame: Frame, facts: list[rules.AggFacts], numeric: dict[Expr,
 
 
 def _numeric_values(frame: Frame, facts: list[rules.AggFacts]) -> dict[Expr, str]:
-    """The dominance inputs that are integer ("int") or float ("float") columns (one schema lookup)."""
+    """The dominance inputs that are integer ("int") or float ("float") columns: a column's (or a
+    filtered column's) type from the frame's schema, anything else's from one polars schema lookup."""
     values = list(dict.fromkeys(v for f in facts for v in f.values))
-    if not values:
-        return {}
-    try:
-        types = frame.lf.select([C.expr(rules.aligned(v)).alias(f"v{i}") for i, v in enumerate(values)]) \
-            .collect_schema().dtypes()
-    except Exception:  # noqa: BLE001 - no type, no shortcut: every row is read as Float64 instead
-        return {}
-    return {v: "int" if t.is_integer() else "float" for v, t in zip(values, types) if t.is_integer() or t.is_float()}
+    types: dict[Expr, Any] = {}
+    for v in values:
+        base = v.recv if isinstance(v, Call) and v.fn == "filter" else v
+        if isinstance(base, Col) and base.name in frame.columns:
+            types[v] = frame.columns[base.name].dtype
+    rest = [v for v in values if v not in types]
+    if rest:
+        try:
+            found = frame.lf.select([C.expr(rules.aligned(v)).alias(f"v{i}") for i, v in enumerate(rest)]) \
+                .collect_schema().dtypes()
+        except Exception:  # noqa: BLE001 - no type, no shortcut: every row is read as Float64 instead
+            found = [None] * len(rest)
+        types.update(zip(rest, found))
+    return {v: "int" if t.is_integer() else "float" for v, t in types.items()
+            if t is not None and (t.is_integer() or t.is_float())}
 
 
 def _with_dominance(lf: pl.LazyFrame, exact: pl.LazyFrame | None, key_names: tuple[str, ...],

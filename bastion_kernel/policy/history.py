@@ -347,13 +347,22 @@ def _digest(cover: Cover, datasets: Mapping[str, DatasetConfig]) -> str | None:
         spec = part.spec
         if spec is None or spec.plan_id is None:
             return None
-        # Sorted: group_by returns groups in any order, and a set's identity is its key values, not its row.
-        # Hashed as Arrow IPC of one chunk: every value, about 3x faster than sorting their reprs at 1000 groups.
-        buf = io.BytesIO()
-        part.rows.sort().rechunk().to_frame("rows").write_ipc(buf)
         items.append((spec.plan_id, _versions(spec, datasets), spec.mask_ids, part.label,
-                      [(u.dataset, u.rows_max) for u in part.units], hashlib.sha256(buf.getvalue()).hexdigest()))
+                      [(u.dataset, u.rows_max) for u in part.units], _sorted_rows(part.rows)))
     return hashlib.sha256(repr(items).encode()).hexdigest()
+
+
+def _sorted_rows(rows: pl.Series) -> list[Any]:
+    """A cover's per-group structs, every value, in an order that does not depend on the groups' order
+    (group_by returns them in any; a set's identity is its key values, not its row).
+
+    Sorted by polars column by column: about 5x faster than sorting each row's repr at 1000 groups.
+    """
+    try:
+        table = rows.struct.unnest().sort(pl.all())
+    except Exception:  # noqa: BLE001 - a field polars cannot sort by: each row's repr, sorted
+        return sorted(map(repr, rows.to_list()))
+    return [rows.struct.fields, *(c.to_list() for c in table.get_columns())]
 
 
 def _versions(spec: Any, datasets: Mapping[str, DatasetConfig]) -> str:
