@@ -853,8 +853,6 @@ def _file_profile(frame: Frame, ctx: Ctx) -> UnitProfile | None:
     return None if ds is None else unit_profile(ds, ctx.state_dir, ctx.memory_mb)
 
 
-
-
 def _values_mask(value: Expr, filled: frozenset[str]) -> pl.Expr | None:
     """The rows where `value` (one per input row, `rules.aligned`) is not null: None for all of them.
 
