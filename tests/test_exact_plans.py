@@ -286,6 +286,20 @@ def test_a_re_run_adds_no_sets(session: Session, deployment: config.Deployment) 
     assert total == 3
 
 
+@pytest.mark.parametrize(("query", "index"), [
+    ("SELECT 1 FROM unit_sets WHERE user = 'ana' AND scope IN ('s') AND state = 'lost' LIMIT 1", "unit_sets_lost"),
+    ("SELECT COUNT(*) AS n FROM unit_sets WHERE state = 'pending'", "unit_sets_pending"),
+], ids=["re-run-looks-for-lost-sets", "recorders-count-pending-sets"])
+def test_a_long_history_is_not_read_set_by_set_on_every_cell(deployment: config.Deployment, query: str,
+                                                              index: str) -> None:
+    """Every re-run looks for lost sets, and every wait for the recorder counts pending ones: through
+    an index of just those few, not by reading every set the user ever released."""
+    path = H.open_store(deployment.state_dir).path
+    with sqlite3.connect(path) as conn:
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+    assert f"INDEX {index}" in plan, plan
+
+
 def test_recording_in_partitions_lists_the_same_members(session: Session, deployment: config.Deployment) -> None:
     """A tiny memory budget splits the listing into hash partitions; the sets are the same."""
     ctx = F.Ctx(itertools.count(), state_dir=deployment.state_dir)

@@ -597,6 +597,10 @@ class HistoryStore:
                 conn.execute("ALTER TABLE releases ADD COLUMN digest TEXT")
             conn.execute("CREATE INDEX IF NOT EXISTS unit_sets_ident ON unit_sets (user, scope, ident)")
             conn.execute("CREATE INDEX IF NOT EXISTS releases_digest ON releases (user, digest)")
+            # Lost and pending sets are few and looked up on every re-run and by every recorder; without
+            # these the lookups read every set a user ever released (0.5 ms per 1000 sets, per cell).
+            conn.execute("CREATE INDEX IF NOT EXISTS unit_sets_lost ON unit_sets (user, scope) WHERE state = 'lost'")
+            conn.execute("CREATE INDEX IF NOT EXISTS unit_sets_pending ON unit_sets (state) WHERE state = 'pending'")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
