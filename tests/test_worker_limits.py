@@ -11,6 +11,8 @@ audit log.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,3 +124,43 @@ def test_ordinary_cells_run_in_the_worker_unchanged(demo_dir: Path, tmp_path: Pa
     config = deployment(demo_dir, tmp_path / "d")
     with run_kernel(config) as (_km, kc):
         assert result_text(ok(kc, code))
+
+
+# What the cap sees between queries, in a process of its own (setrlimit is per process): memory the
+# worker kept after one query (an allocator keeps address space) is held, as a bytearray here.
+REARM = """
+import resource
+from bastion_kernel.worker import server as S
+
+def soft():
+    return resource.getrlimit(resource.RLIMIT_DATA)[0]
+
+S._cap_memory(64)
+first, ceiling = soft(), S._cap["ceiling"]
+kept = [bytearray(48 * 2**20)]
+S._rearm()
+second = soft()
+kept.append(bytearray(48 * 2**20))
+S._rearm()
+third = soft()
+try:
+    kept.append(bytearray(80 * 2**20))
+    over = "allocated"
+except MemoryError:
+    over = "refused"
+print(first, second, third, ceiling, over)
+"""
+
+
+def test_the_memory_cap_is_re_armed_before_each_request_up_to_its_ceiling() -> None:
+    """Each request gets its budget on top of what the worker holds then (what polars kept after one
+    query does not eat the next one's budget), but the worker as a whole never passes its ceiling:
+    its start-up size plus twice the budget."""
+    out = subprocess.run([sys.executable, "-c", REARM], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    first, second, third, ceiling, over = out.stdout.split()
+    mb = 2**20
+    assert 40 * mb <= int(second) - int(first) <= 56 * mb  # moved up by what is now held
+    assert int(third) == int(ceiling) < int(second) + 48 * mb  # held + budget would pass the ceiling
+    assert over == "refused"  # past the ceiling, an allocation fails (the worker then restarts)
