@@ -835,7 +835,21 @@ def _rows_of_groups(source: pl.LazyFrame, keys: tuple[pl.Expr, ...], tmp: list[s
                                                                           nulls_equal=True)
 
 
-_SAME_ROWS_VERBS = frozenset({"filter", "sort", "drop"})  # keep a scan's columns as they are, rows a subset
+_ALL_ROWS_VERBS = frozenset({"sort", "drop"})  # keep a scan's columns as they are, and all its rows
+_SAME_ROWS_VERBS = _ALL_ROWS_VERBS | {"filter"}  # keep a scan's columns as they are, rows a subset
+
+
+def _under(frame: Frame, verbs: frozenset[str]) -> Frame:
+    """The frame below `frame`'s last steps of these verbs."""
+    while frame.step.verb in verbs:
+        frame = frame.step.inputs[0]
+    return frame
+
+
+def _column_of(value: Expr) -> Col | None:
+    """The column a dominance input is, or filters (`x`, `x.filter(c)`); None for anything computed."""
+    base = value.recv if isinstance(value, Call) and value.fn == "filter" else value
+    return base if isinstance(base, Col) else None
 
 
 def _file_profile(frame: Frame, ctx: Ctx) -> UnitProfile | None:
@@ -846,9 +860,7 @@ def _file_profile(frame: Frame, ctx: Ctx) -> UnitProfile | None:
     a subset of the file's. The facts are the file's current version's
     (`unit_profile` checks the version), cached once measured.
     """
-    f = frame
-    while f.step.verb in _SAME_ROWS_VERBS:
-        f = f.step.inputs[0]
+    f = _under(frame, _SAME_ROWS_VERBS)
     ds = ctx.sources.get(f.step.detail[0]) if f.step.verb == "scan" else None
     return None if ds is None else unit_profile(ds, ctx.state_dir, ctx.memory_mb)
 
@@ -888,16 +900,15 @@ def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts]
     """
     if keys or len(frame.units) != 1 or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
         return frozenset()
-    f = frame
-    while f.step.verb in ("sort", "drop"):
-        f = f.step.inputs[0]
-    if f.step.verb != "scan" or profile is None or profile.rows_max != 1 or profile.rows is None:
+    if _under(frame, _ALL_ROWS_VERBS).step.verb != "scan" or profile is None or profile.rows_max != 1 \
+            or profile.rows is None:
         return frozenset()
-    share, ranges = frame.units[0].max_share, {name: (lo, hi, var) for name, lo, hi, var in profile.ranges}
+    share = frame.units[0].max_share
     out = set()
     for v in (v for fa in facts for v in fa.values):
-        if isinstance(v, Col) and v.name in profile.filled and v.name in ranges:
-            lo, hi, var = ranges[v.name]
+        spread = profile.spread_of(v.name) if isinstance(v, Col) and v.name in profile.filled else None
+        if spread is not None:
+            lo, hi, var = spread
             if var > 0 and profile.rows * share >= 1 and (hi - lo) ** 2 <= share * profile.rows * var * (1 - 1e-9):
                 out.add(v)
     return frozenset(out)
@@ -914,8 +925,8 @@ def _value_bounds(frame: Frame, facts: list[rules.AggFacts], numeric: dict[Expr,
         return {}
     out: dict[Expr, tuple[float, float]] = {}
     for v in dict.fromkeys(v for fa in facts for v in fa.values):
-        base = v.recv if isinstance(v, Call) and v.fn == "filter" else v
-        bound = profile.range_of(base.name) if isinstance(base, Col) and numeric.get(v) else None
+        column = _column_of(v)
+        bound = profile.range_of(column.name) if column is not None and numeric.get(v) else None
         if bound is not None:
             out[v] = bound
     return out
@@ -927,9 +938,9 @@ def _numeric_values(frame: Frame, facts: list[rules.AggFacts]) -> dict[Expr, str
     values = list(dict.fromkeys(v for f in facts for v in f.values))
     types: dict[Expr, Any] = {}
     for v in values:
-        base = v.recv if isinstance(v, Call) and v.fn == "filter" else v
-        if isinstance(base, Col) and base.name in frame.columns:
-            types[v] = frame.columns[base.name].dtype
+        column = _column_of(v)
+        if column is not None and column.name in frame.columns:
+            types[v] = frame.columns[column.name].dtype
     rest = [v for v in values if v not in types]
     if rest:
         try:

@@ -83,12 +83,20 @@ class UnitProfile:
     ranges: tuple[tuple[str, float, float, float], ...] = ()
     filled: tuple[str, ...] = ()
 
-    def range_of(self, column: str) -> tuple[float, float] | None:
-        """The column's range, if it is narrow enough to clear groups (`NARROW_RANGE`); else None."""
+    def spread_of(self, column: str) -> tuple[float, float, float] | None:
+        """The column's (smallest, largest, variance), if measured; else None."""
         for name, lo, hi, var in self.ranges:
             if name == column:
-                return (lo, hi) if var > 0 and (hi - lo) ** 2 <= NARROW_RANGE * var else None
+                return lo, hi, var
         return None
+
+    def range_of(self, column: str) -> tuple[float, float] | None:
+        """The column's range, if it is narrow enough to clear groups (`NARROW_RANGE`); else None."""
+        spread = self.spread_of(column)
+        if spread is None:
+            return None
+        lo, hi, var = spread
+        return (lo, hi) if var > 0 and (hi - lo) ** 2 <= NARROW_RANGE * var else None
 
 
 # How wide a column's range may be, in its variances, for the range to stand in for each group's
