@@ -66,7 +66,7 @@ from .plan import (
     walk,
 )
 from .policy import rules
-from .sources import EXACT_INT, UnitProfile, scan, unit_profile
+from .sources import EXACT_INT, UnitProfile, cleared_key, groups_cleared, note_groups_cleared, scan, unit_profile
 from .sources import schema as dataset_schema
 
 
@@ -565,7 +565,8 @@ class _Checks:
 
         `summed`: values the user's own aggregates sum (the rule reuses those sums).
         `filled`: columns without nulls (`UnitProfile.filled`).
-        `settled`: values no individual can dominate, as the file's facts show (`_settled_by_file`).
+        `settled`: values no individual can dominate, as the file's facts show (`_settled_by_file`), or as an
+        earlier release over the same file version and group keys saw (`_cleared_groups`).
         `bounds`: values' known ranges, for the two-pass release only (`_dominance_bounded`).
         The threshold's columns are shared by every variant built from the same checks.
         """
@@ -914,6 +915,41 @@ def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts]
     return frozenset(out)
 
 
+def _cleared_groups(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts], profile: UnitProfile | None,
+                    ctx: Ctx) -> tuple[frozenset[Expr], dict[Expr, Callable[[], None]]]:
+    """Dominance inputs whose every group an earlier release over this file version cleared, and,
+    for the others, how a release would note that it saw every group clear (`FastChecks.learn`).
+
+    Where one row is one individual and the whole file (a scan, sorted or
+    with columns dropped: no filter) is grouped by columns of its own, each
+    group feeds an aggregate of a column the same values in every query,
+    so the rule's verdict per group is the same too: once a release saw
+    every group clear, a later one over the same file version (sum, mean,
+    std of that column by those keys, in any cell) computes no variance for
+    it. A single group that did not clear, or was left open for the second
+    pass, and nothing is noted: the query tests the value as usual.
+    """
+    if not keys or not all(isinstance(k, Col) for k in keys) or len(frame.units) != 1 \
+            or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
+        return frozenset(), {}
+    f = _under(frame, _ALL_ROWS_VERBS)
+    ds = ctx.sources.get(f.step.detail[0]) if f.step.verb == "scan" else None
+    if ds is None or profile is None or profile.rows_max != 1:
+        return frozenset(), {}
+    key = cleared_key(ds, tuple(k.name for k in keys if isinstance(k, Col)))
+    share = frame.units[0].max_share
+    seen = groups_cleared(key)
+    cleared: set[Expr] = set()
+    learn: dict[Expr, Callable[[], None]] = {}
+    for v in dict.fromkeys(v for fa in facts for v in fa.values):
+        if isinstance(v, Col):
+            if (v.name, share) in seen:
+                cleared.add(v)
+            else:
+                learn[v] = functools.partial(note_groups_cleared, ds, key, v.name, share)
+    return frozenset(cleared), learn
+
+
 def _value_bounds(frame: Frame, facts: list[rules.AggFacts], numeric: dict[Expr, str],
                   profile: UnitProfile | None) -> dict[Expr, tuple[float, float]]:
     """Ranges that hold for every value of each dominance input (`_dominance_bounded`), where known:
@@ -1009,6 +1045,11 @@ def _unit_checks(units: tuple, facts_list: list[rules.AggFacts], ctx: Ctx, fille
 OPEN_COLUMN = f"{RESERVED_PREFIX}_open"  # `FastChecks.finish(flag_open=True)`: the first pass left the answer open
 
 
+def _learn_columns(n: int) -> list[str]:
+    """`FastChecks.finish(flag_open=True)`'s columns: whether every group cleared each `learn` value's bound."""
+    return [f"{RESERVED_PREFIX}_cleared{i}" for i in range(n)]
+
+
 @dataclass(frozen=True, eq=False)
 class FastChecks:
     """The same aggregation with the threshold decided in two passes, for a release run straight from it.
@@ -1032,6 +1073,8 @@ class FastChecks:
     terms: tuple[_Term, ...]  # the terms with a row-count form
     post: Any  # LazyFrame with every term column as a boolean -> the frame's final columns
     doms: tuple[_Dom, ...] = ()  # dominance tests whose bound may leave a group open
+    # Values whose every group, once seen to clear their bound, is noted for this file version (`_cleared_groups`).
+    learn: tuple[tuple[Expr, Callable[[], None]], ...] = ()
 
     def _open(self) -> tuple[pl.Expr, pl.Expr]:
         """Which first-pass rows a term's row count leaves open, and which a dominance bound does."""
@@ -1050,6 +1093,11 @@ class FastChecks:
         open groups (`second`), and the first pass is finished with its answers.
         """
         both = run(self.finish(first, None, flag_open=True))
+        seen = _learn_columns(len(self.learn))
+        for (_, note), name in zip(self.learn, seen):
+            if both.get_column(name).all():
+                note()
+        both = both.drop(seen)
         is_open = both.get_column(OPEN_COLUMN)
         if not is_open.any():
             return both.drop(OPEN_COLUMN)
@@ -1092,8 +1140,14 @@ class FastChecks:
         """The frame's result from the first pass and the exact answers where they were needed
         (`flag_open`: and ``OPEN_COLUMN``, whether the first pass left the row's answer open)."""
         lf = df.lazy()
+        keep: tuple[str, ...] = ()
         if flag_open:
-            lf = lf.with_columns(functools.reduce(operator.or_, self._open()).fill_null(True).alias(OPEN_COLUMN))
+            seen = _learn_columns(len(self.learn))
+            cleared = [functools.reduce(operator.and_, [d.quick.fill_null(False) for d in self.doms if d.value == v])
+                       .alias(name) for (v, _), name in zip(self.learn, seen)]
+            lf = lf.with_columns(functools.reduce(operator.or_, self._open()).fill_null(True).alias(OPEN_COLUMN),
+                                 *cleared)
+            keep = (OPEN_COLUMN, *seen)
         dom_x = [f"{d.name}_x" for d in self.doms]
         if exact is not None and exact.height and dom_x:
             exact = exact.with_columns([pl.lit(None, pl.Boolean).alias(x) for x in dom_x if x not in exact.columns])
@@ -1114,7 +1168,7 @@ class FastChecks:
         decided = [pl.when(pl.col(t.name) >= t.unit.k * (t.unit.rows_max or 1)).then(True)
                    .when(pl.col(t.name) < t.unit.k).then(False)
                    .otherwise(pl.col(f"{t.name}_x").fill_null(False)).alias(t.name) for t in self.terms]
-        return self.post(lf.with_columns(decided), (OPEN_COLUMN,) if flag_open else ())
+        return self.post(lf.with_columns(decided), keep)
 
 
 def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, verb: str = "group_by",
@@ -1143,7 +1197,8 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     numeric = _numeric_values(frame, facts)
     profile = _file_profile(frame, ctx)
     filled = frozenset(profile.filled if profile is not None else ())  # columns without a null
-    settled = _settled_by_file(frame, keys, facts, profile)
+    cleared, learnable = _cleared_groups(frame, keys, facts, profile, ctx)
+    settled = _settled_by_file(frame, keys, facts, profile) | cleared
     threshold = _unit_checks(frame.units, facts, ctx, filled)
     checks = threshold.with_dominance(facts, frame.units, ctx, numeric, summed, filled, settled)
     bounds = _value_bounds(frame, facts, numeric, profile)
@@ -1198,8 +1253,10 @@ def aggregate(frame: Frame, keys: list[Expr], aggs: list[Expr], ctx: Ctx, *, ver
     if any(t.rows is not None for t in fast_checks.terms) or fast_checks.doms:
         fc = fast_checks
         first = first_pass(fc, [(t.rows if t.rows is not None else t.exact).alias(t.name) for t in fc.terms])
+        bounded = {d.value for d in fc.doms if d.one_row is not None}
         fast = FastChecks(first, frame.lf, tuple(key_exprs), key_names,
-                          tuple(t for t in fc.terms if t.rows is not None), post_of(fc), tuple(fc.doms))
+                          tuple(t for t in fc.terms if t.rows is not None), post_of(fc), tuple(fc.doms),
+                          tuple((v, note) for v, note in learnable.items() if v in bounded))
     columns = {n: ColumnInfo(t) for n, t in outs}
     out = Frame(
         Step(verb, (frame,), (tuple(keys), tuple(aggs), fast)), columns, (), frame.datasets, lf,

@@ -12,6 +12,8 @@ any row lacks a privacy unit id, and the range of each numeric column
 individuals" is "at least k rows", which polars counts for free instead of
 hashing every id (`frames._at_least`); the ranges let the dominance rule
 clear most groups without their extremes (`frames._dominance_bounded`).
+It also remembers, in memory, which groupings of a file version a release
+saw the dominance rule clear (`note_groups_cleared`).
 """
 
 from __future__ import annotations
@@ -150,6 +152,39 @@ def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, 
         while idle is not None and (wait := idle()) > 0:
             time.sleep(wait)
         unit_profile(ds, state_dir, memory_mb)
+
+
+# Per file version and group key columns, what releases saw: the columns whose every group the dominance
+# rule cleared (`frames._cleared_groups`). Bounded: old file versions fall out.
+_cleared: dict[tuple, set[tuple[str, float]]] = {}
+CLEARED_ENTRIES = 1024
+
+
+def cleared_key(ds: DatasetConfig, keys: tuple[str, ...]) -> tuple:
+    """The file's current version grouped by `keys` (in any order)."""
+    return (ds.path, version(ds), tuple(sorted(set(keys))))
+
+
+def groups_cleared(key: tuple) -> frozenset[tuple[str, float]]:
+    """(column, max_share) pairs a release over this file version saw every group of these keys clear."""
+    with _lock:
+        return frozenset(_cleared.get(key, ()))
+
+
+def note_groups_cleared(ds: DatasetConfig, key: tuple, column: str, share: float) -> None:
+    """Remember that every group cleared `column`, if the file is still the version the query was planned on.
+
+    Why this is a fact of the file and not of the query: the values an
+    aggregate of the column is fed per group are the column's values in the
+    groups of those keys, the same in every query that groups the whole file
+    by them, so the dominance rule's verdict (`rules.dominated`) is too.
+    """
+    if version(ds) != key[1]:
+        return
+    with _lock:
+        _cleared.setdefault(key, set()).add((column, share))
+        while len(_cleared) > CLEARED_ENTRIES:
+            del _cleared[next(iter(_cleared))]
 
 
 EXACT_INT = float(2**53)  # integers Float64 still holds exactly
