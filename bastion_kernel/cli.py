@@ -177,10 +177,12 @@ def _print_release_history(deployment: cfg.Deployment, req: ReviewRequest, recen
         if ds is None:
             continue
         total, latest = history.releases(user=req.user, scope=scope_of(ds), limit=recent)
-        print(f"\nAutomatic releases to {req.user} on {name}: {total}" + (f" (latest {len(latest)}):" if latest else ""))
+        print(f"\nReleases to {req.user} on {name} in the differencing history (automatic, or asked for review): "
+              f"{total}" + (f" (latest {len(latest)}):" if latest else ""))
         for r in latest:
             via = f" (as {r.dataset})" if r.dataset != name else ""  # another name for the same file
-            print(f"    {r.id}  {_short_time(r.created)}  {r.rows} row(s){via}  {_one_line(r.cell, 60)}")
+            asked = f" review {r.request}" + (" (this request)" if r.request == req.id else "") if r.request else ""
+            print(f"    {r.id}  {_short_time(r.created)}  {r.rows} row(s){via}{asked}  {_one_line(r.cell, 60)}")
 
 
 def _args_decide(p: argparse.ArgumentParser) -> None:

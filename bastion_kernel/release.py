@@ -219,18 +219,21 @@ def _fast_checks(frame: Frame) -> object | None:
     return detail[2] if len(detail) == 3 and isinstance(detail[2], FastChecks) else None
 
 
-def snapshot(frame: Frame, limits: Limits) -> pl.DataFrame:
-    """The exact table a reviewer would release: visible columns, masked as '*', capped."""
-    from .frames import materialize
+def snapshot(frame: Frame, limits: Limits) -> Released:
+    """The exact table a reviewer would release (visible columns, masked as '*', capped), and which
+    individuals its aggregated rows cover (`Released.cover`, for the differencing history).
 
-    frame = materialize(frame)
-    df = run(visible(frame).head(limits.max_release_rows + 1))
-    if df.height > limits.max_release_rows:
+    The same run as an automatic release (`release_aggregate`): a frame that
+    aggregates has its groups below the threshold withheld and its covers
+    counted in the same pass; row-level rows cover no aggregation.
+    """
+    try:
+        return release_aggregate(frame, limits)
+    except LimitError:
         raise LimitError(
             f"the result has more than {limits.max_release_rows} rows, too many to review (limit max_release_rows)",
             hint="narrow it with .filter(...) or .head(n), or aggregate it",
-        )
-    return df
+        ) from None
 
 
 def refusal(decision: Decision) -> PolicyError:

@@ -188,6 +188,7 @@ class Session:
     def _release_now(self, frame: Frame, source: str) -> Any:
         decision = R.decide(frame)
         assert self._last is not None
+        released = None
         if decision.auto:
             released = R.release_aggregate(frame, self.limits)
             held = self._differencing(released, source)
@@ -199,12 +200,17 @@ class Session:
         if decision.on_violation == "reject":
             self._last.outcome = "refused"
             raise R.refusal(decision)
-        snap = R.snapshot(frame, self.limits)
+        snap = released if released is not None else R.snapshot(frame, self.limits)  # held: the same table
         dataset = ",".join(sorted(frame.datasets))
         reason = decision.text()
         rid = self.store.create(user=self.user, dataset=dataset, session_id=self.audit.session_id, cell=source,
-                                reason=reason, snapshot=snap)
+                                reason=reason, snapshot=snap.df)
         self.audit.record("review_request", request_id=rid, dataset=dataset, reason=reason)
+        try:
+            self._record_request(snap, source, rid)
+        except BastionError:
+            self.cancel_request(rid)  # never leave a request the history does not know
+            raise
         self._last.outcome, self._last.reason = "review", reason
         pending = R.ReviewPending(rid, reason, dataset, source)
         self._last.pending.append(pending)
@@ -227,6 +233,18 @@ class Session:
         if finding is None:
             return None
         return R.Decision(auto=False, reasons=(finding.violation(),), on_violation=finding.on_violation)
+
+    def _record_request(self, snap: R.Released, source: str, request_id: str) -> None:
+        """Put a review request's result into this user's release history (`HistoryStore.record`), so
+        that once approved, no later automatic result can differ from it by a few individuals."""
+        from .policy.history import open_store
+
+        if snap.cover is not None:
+            open_store(self.deployment.state_dir).record(
+                user=self.user, session_id=self.audit.session_id, cell=source, cover=snap.cover,
+                datasets=self.deployment.datasets, rows=snap.df.height, request=request_id,
+                memory_mb=self.limits.query_memory_mb,
+            )
 
     def _note_release(self, released: R.Released) -> None:
         assert self._last is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +46,7 @@ from bastion_kernel import config
 from bastion_kernel.display import bundle
 from bastion_kernel.policy import history as H
 from bastion_kernel.release import Released, ReviewPending
+from bastion_kernel.review.decide import decide
 from bastion_kernel.session import Session
 
 K = 10
@@ -242,11 +244,11 @@ def test_the_reason_names_the_earlier_release_and_its_cell(mallory: Session) -> 
     rid = RELEASE_ID.search(reason).group(0)
     total, latest = H.open_store(mallory.deployment.state_dir).releases(
         user="mallory", scope=H.scope_of(mallory.deployment.datasets["people"]))
-    assert total == 1 and latest[0].id == rid and latest[0].cell == SUM_ALL
     assert mallory.audit.session_id in reason
-    # the held result was not added to the history: nothing was released
-    assert H.open_store(mallory.deployment.state_dir).releases(
-        user="mallory", scope=H.scope_of(mallory.deployment.datasets["people"]))[0] == 1
+    # The held result joined the history as a review request (the owner may approve it).
+    assert total == 2 and latest[1].id == rid and latest[1].cell == SUM_ALL and latest[1].request is None
+    request = mallory.store.list(status=None)[0]
+    assert latest[0].request == request.id and latest[0].cell == SUM_BUT_CANARY
 
 
 def test_reason_never_says_how_many_individuals_differ(mallory: Session) -> None:
@@ -272,8 +274,10 @@ def test_repeated_threshold_probing(mallory: Session) -> None:
     released(mallory, 'people.filter(pl.col("income") < 4000).select(pl.col("income").sum()).collect()')
     for t in (4040, 4080, 4120, 4160, 4200, 4240, 4280, 4320):
         held(mallory, f'people.filter(pl.col("income") < {t}).select(pl.col("income").sum()).collect()')
-    # held probes never joined the history: a probe far enough from the first one is released
-    released(mallory, 'people.filter(pl.col("income") < 4400).select(pl.col("income").sum()).collect()')
+    # Held probes joined the history as review requests (any of them may be approved): a probe near the
+    # last one is held too, one at least ten people from every probe is released.
+    held(mallory, 'people.filter(pl.col("income") < 4400).select(pl.col("income").sum()).collect()')
+    released(mallory, 'people.filter(pl.col("income") < 4800).select(pl.col("income").sum()).collect()')
 
 
 def test_counting_probes_one_person_at_a_time(mallory: Session) -> None:
@@ -295,6 +299,68 @@ def test_reject_deployment_refuses_and_names_the_earlier_release(mallory: Sessio
     assert RELEASE_ID.search(r.error.message)
     assert mallory.store.list(status=None) == []  # rejected outright: no review request
     assert CANARY_INCOME not in seen(r, "")
+
+
+# ------------------------------------------------------------------ results released by review
+
+
+SUM_AND_MAX = 'people.select(pl.col("income").sum(), pl.col("income").max().alias("top")).collect()'
+
+
+@pytest.mark.parametrize("decision", ["approved", "rejected", "pending"])
+def test_a_result_asked_for_review_is_in_the_history_whatever_the_owner_decides(mallory: Session,
+                                                                                decision: str) -> None:
+    """The owner approves everyone's sum (with a max beside it, which needs review); a later automatic
+    sum over everyone but the canary would be the canary's income. The request joined the history when
+    it was made, so that later result is held, naming it. Rejected or still pending: the same (fail closed)."""
+    r = mallory.execute(SUM_AND_MAX)
+    assert r.outcome == "review" and isinstance(r.value, ReviewPending)
+    request = r.value.request_id
+    if decision != "pending":
+        decide(mallory.store, request, decision, by="owner", reason=None if decision == "approved" else "no")
+    if decision == "approved":
+        fetched = mallory.execute(f'fetch("{request}")')
+        assert fetched.outcome == "released" and fetched.value.df.height == 1
+    reason = held(mallory, SUM_BUT_CANARY)
+    assert f"your review request {request}" in reason
+    total, latest = H.open_store(mallory.deployment.state_dir).releases(
+        user="mallory", scope=H.scope_of(mallory.deployment.datasets["people"]))
+    assert total == 2 and latest[1].request == request and latest[1].cell == SUM_AND_MAX
+
+
+def test_a_result_identical_to_one_asked_for_review_is_still_compared_with_the_rest(mallory: Session) -> None:
+    """A result held for being near an earlier release is in the history unchecked: the same result
+    asked again (another spelling, the same people) must meet the earlier release again, not pass
+    as a repeat of something already shown."""
+    released(mallory, SUM_ALL)
+    held(mallory, SUM_BUT_CANARY)
+    for again in ('people.filter(pl.col("pid") != 77).select(pl.col("income").sum().alias("again")).collect()',
+                  'people.filter(pl.col("income") < 900000).select(pl.col("income").sum()).collect()'):
+        reason = held(mallory, again)  # the same plan; another plan selecting the same people
+        assert RELEASE_ID.search(reason) and "your review request" not in reason  # the earlier release decides
+    released(mallory, SUM_ALL)  # shown before: a repeat of an automatic release is harmless
+
+
+def test_a_result_of_several_rows_over_one_group_is_recorded_as_that_group(mallory: Session) -> None:
+    """`mode()` without keys shows one row per tie, each covering everyone: recorded as one group (and
+    the condition's sides), listed exactly, so a later result near it is compared, not held as unrecorded."""
+    r = mallory.execute('people.select(pl.col("age").mode(), pl.col("pid").filter(pl.col("age") > 40).sum())'
+                        '.collect()')
+    assert r.outcome == "review" and isinstance(r.value, ReviewPending)
+    H.open_store(mallory.deployment.state_dir).flush()
+    with sqlite3.connect(mallory.deployment.state_dir / H.DB_NAME) as conn:
+        sets = conn.execute("SELECT size, state FROM unit_sets ORDER BY set_no").fetchall()
+    assert sets == [(200, "ok"), (116, "ok"), (84, "ok")]
+    reason = held(mallory, SUM_BUT_CANARY)
+    assert f"your review request {r.value.request_id}" in reason and "could not be written" not in reason
+
+
+def test_individual_rows_asked_for_review_add_nothing_to_the_history(mallory: Session) -> None:
+    r = mallory.execute('people.filter(pl.col("pid") < 3).select("pid", "income").collect()')
+    assert r.outcome == "review"
+    assert H.open_store(mallory.deployment.state_dir).releases(
+        user="mallory", scope=H.scope_of(mallory.deployment.datasets["people"]))[0] == 0
+    released(mallory, SUM_ALL)
 
 
 # ------------------------------------------------------------------ ordinary analysis is not blocked
@@ -381,13 +447,15 @@ def test_text_units_keep_their_indices_across_processes(deployment: config.Deplo
 # ------------------------------------------------------------------ exactness of the pruned search
 
 
-def test_decisions_equal_a_brute_force_comparison(mallory: Session) -> None:
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_decisions_equal_a_brute_force_comparison(mallory: Session, seed: int) -> None:
     """Random subsets, many within a few people of each other: the pruned search (sizes,
     shared prefix, sketch) decides exactly as comparing every pair would."""
-    rng = random.Random(6)
+    rng = random.Random(seed)
     universe = list(range(200))
     bases = [set(rng.sample(universe, n)) for n in (150, 150, 60, 30, 12)]
     shown: list[set[int]] = []
+    released_sets: list[set[int]] = []
     for step in range(60):
         base = rng.choice(bases + shown[-3:]) if shown else bases[0]
         s = set(base)
@@ -398,12 +466,15 @@ def test_decisions_equal_a_brute_force_comparison(mallory: Session) -> None:
                 s.add(rng.choice(universe))
         if len(s) < K:
             continue
-        dangerous = any(0 < len(s ^ t) < K for t in shown)
+        # A set released before is harmless to show again; any other set must differ from every set
+        # released or asked for review by none or by at least K.
+        dangerous = s not in released_sets and any(0 < len(s ^ t) < K for t in shown)
         src = f'people.filter(pl.col("pid").is_in({sorted(s)})).select(pl.col("age").sum()).collect()'
         r = mallory.execute(src)
         assert r.outcome == ("review" if dangerous else "released"), (step, len(s), r.reason)
+        shown.append(s)  # released, or asked for review: both are in the history
         if not dangerous:
-            shown.append(s)
+            released_sets.append(s)
     assert len(shown) > 10 and mallory.store.list(status=None)  # both outcomes happened
 
 
@@ -438,7 +509,9 @@ def test_review_show_lists_the_release_history(deployment: config.Deployment, wo
                                                        f'state_dir = "{deployment.state_dir}"'))
     out = bastion_cli(cfg, "review", "show", rid)
     assert out.returncode == 0, out.stderr
-    assert "Automatic releases to mallory on people: 2" in out.stdout
+    assert "Releases to mallory on people in the differencing history (automatic, or asked for review): 3" \
+        in out.stdout
+    assert f"review {rid} (this request)" in out.stdout
     earlier = RELEASE_ID.search(r.value.reason).group(0)
     assert earlier in out.stdout and "people.group_by" in out.stdout
 
@@ -496,7 +569,29 @@ def test_kernel_global_and_group_by_attacks_go_to_review(demo_dir: Path, tmp_pat
         _released(kc, 'patients.group_by("sex").agg(pl.col("age").mean()).collect()')
     shown = bastion_cli(cfg, "review", "show", rid)
     assert shown.returncode == 0, shown.stderr
-    assert "Automatic releases to mallory on patients: 4" in shown.stdout
+    assert "on patients in the differencing history (automatic, or asked for review): 6" in shown.stdout
+
+
+def test_kernel_a_result_the_owner_approved_cannot_be_differenced(demo_dir: Path, tmp_path: Path,
+                                                                   victim: dict[str, Any]) -> None:
+    """Everyone's income sum, asked with a min beside it (review), approved from the CLI and fetched;
+    the same sum without the victim is then held, naming that request, and nothing reveals the income."""
+    cfg = write_variant(demo_dir, tmp_path / "approved")
+    vid = victim["patient_id"]
+    with run_kernel(cfg, user="mallory") as (_km, kc):
+        _reply, msgs = execute(kc, 'patients.select(pl.col("income").sum(), pl.col("income").min().alias("low"))'
+                                   '.collect()')
+        m = REVIEW_RE.search(result_text(msgs))
+        assert m, result_text(msgs)
+        request = m.group(1)
+        assert bastion_cli(cfg, "review", "approve", request, "--by", "owner").returncode == 0
+        reply, msgs = execute(kc, f'fetch("{request}")')
+        assert reply["status"] == "ok" and "low" in result_text(msgs)
+        _rid, text = _held(kc, f'patients.filter(pl.col("patient_id") != {vid}).select(pl.col("income").sum())'
+                               '.collect()')
+        assert f"your review request {request}" in text
+        for secret in _secrets(victim):
+            assert secret not in text
 
 
 def test_kernel_tracker_is_rejected_where_the_deployment_rejects(demo_dir: Path, tmp_path: Path,

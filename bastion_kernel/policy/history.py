@@ -19,6 +19,9 @@ What a row "covers", per dataset the row counts (see `frames.aggregate`):
 Results computed from aggregated rows (a `filter`, `head` or `join` after an
 aggregation) count every group of that aggregation, seen or not: whatever
 they show is a function of those groups.
+A result sent to review is recorded when the request is made, without being
+compared (`HistoryStore.record`): once approved it is released like any
+other, and the owner who approves it cannot see the later results.
 
 Units are stable integer indices per dataset: an integer `privacy_unit` is
 its own index (nothing to keep in step when the data changes); any other type
@@ -65,6 +68,7 @@ listing), so a long listing never blocks other kernels' checks.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import io
@@ -178,7 +182,8 @@ class Cover:
 
 @dataclass(frozen=True)
 class ReleaseInfo:
-    """One earlier automatic release, as the owner and the reasons name it."""
+    """One earlier release, as the owner and the reasons name it (`request`: the review request it
+    was asked in, None for an automatic release)."""
 
     id: str
     dataset: str
@@ -186,6 +191,12 @@ class ReleaseInfo:
     cell: str
     created: str
     rows: int
+    request: str | None = None
+
+    def what(self) -> str:
+        """How the user knows it: "your earlier release H…" or "your review request R… (history H…)"."""
+        return f"your review request {self.request} (history {self.id})" if self.request else \
+            f"your earlier release {self.id}"
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,7 @@ class Finding:
     def violation(self) -> Violation:
         if self.unrecorded:
             e = self.earlier
-            which = f"your earlier release {e.id} (cell `{_short(e.cell)}`)" if e else "an earlier release"
+            which = f"{e.what()} (cell `{_short(e.cell)}`)" if e else "an earlier release"
             return Violation(
                 "differencing", self.dataset,
                 f"this result covers a set of {self.dataset} individuals close in size to one of {which}, whose "
@@ -220,7 +231,7 @@ class Finding:
             what = "two rows or values of this result cover"
         else:
             e = self.earlier
-            what = (f"this result and your earlier release {e.id} (cell `{_short(e.cell)}` at "
+            what = (f"this result and {e.what()} (cell `{_short(e.cell)}` at "
                     f"{e.created[:19].replace('T', ' ')}Z, session {e.session_id}) cover")
         return Violation(
             "differencing", self.dataset,
@@ -228,6 +239,19 @@ class Finding:
             f"from the other would reveal values of those few individuals",
             f"make the selections differ by at least {self.k} individuals (or not at all), or ask the owner",
         )
+
+
+def _one_row_per_group(part: CoverPart) -> CoverPart:
+    """`part` with one row for an aggregation without keys, which covers one group however many rows it
+    shows (`select(pl.col("x").mode())`: only ever sent to review). Its listing finds that one group;
+    a condition counts as released where any of the rows released it (more sets: fail closed)."""
+    rows = part.rows.struct.unnest()
+    if rows.height <= 1 or any(c.startswith("k") and c[1:].isdigit() for c in rows.columns):
+        return part
+    words = [c for c in rows.columns if c.startswith("m") and c[1:].isdigit()]
+    released = rows.select([pl.col(w).fill_null(0).bitwise_or().cast(rows.schema[w]) for w in words])
+    one = rows.head(1).drop(words).hstack(released).select(rows.columns)
+    return dataclasses.replace(part, rows=one.to_struct(part.rows.name))
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -575,7 +599,8 @@ def _background() -> None:
 
 
 class HistoryStore:
-    """Per (user, dataset) history of automatically released unit sets, in ``state_dir/history.db``."""
+    """Per (user, dataset) history of released unit sets (automatic, or asked for review), in
+    ``state_dir/history.db``."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
@@ -593,8 +618,11 @@ class HistoryStore:
             for name, decl in _SET_COLUMNS.items():
                 if name not in have:
                     conn.execute(f"ALTER TABLE unit_sets ADD COLUMN {name} {decl}")
-            if "digest" not in {r["name"] for r in conn.execute("PRAGMA table_info(releases)")}:
+            have = {r["name"] for r in conn.execute("PRAGMA table_info(releases)")}
+            if "digest" not in have:
                 conn.execute("ALTER TABLE releases ADD COLUMN digest TEXT")
+            if "request" not in have:  # the review request whose result this is (NULL: an automatic release)
+                conn.execute("ALTER TABLE releases ADD COLUMN request TEXT")
             conn.execute("CREATE INDEX IF NOT EXISTS unit_sets_ident ON unit_sets (user, scope, ident)")
             conn.execute("CREATE INDEX IF NOT EXISTS releases_digest ON releases (user, digest)")
             # Lost and pending sets are few and looked up on every re-run and by every recorder; without
@@ -681,6 +709,39 @@ class HistoryStore:
             ) from None
         first = next(iter(scopes.values()))
         return Finding(first.dataset, first.k, first.on_violation, None, unrecorded=True)
+
+    def record(self, *, user: str, session_id: str, cell: str, cover: Cover, datasets: Mapping[str, DatasetConfig],
+               rows: int, request: str, memory_mb: int = 1024) -> str | None:
+        """Record a review request's result as if released, without comparing it: its history id (None:
+        it covers no one).
+
+        Why at request time, whatever the owner decides: an approved result
+        is released as surely as an automatic one, and a later automatic
+        result differing from it by one person would reveal that person, which
+        the owner who approved the first never saw. Its sets can only be
+        listed while this kernel runs over the same file versions (as any
+        release's), and the owner may decide days later. A request still
+        pending counts too (it may be approved), and a rejected or cancelled
+        one stays (fail closed: later releases may share its sets).
+        """
+        if not any(part.rows.len() for part in cover.parts):
+            return None
+        cover = Cover(tuple(_one_row_per_group(part) for part in cover.parts))
+        scopes = self._describe(cover, datasets)
+        rid = "H" + secrets.token_hex(4)
+        try:
+            with self._lock, self._write() as conn:
+                for scope, sc in scopes.items():
+                    self._match_idents(conn, user, scope, sc)
+                jobs = self._insert(conn, rid, user, session_id, cell, _now(), rows, scopes, {}, {}, cover, datasets,
+                                    memory_mb, request=request)
+        except sqlite3.Error as exc:  # the caller withdraws the request: nothing is reviewed unrecorded
+            raise ExecutionError(
+                f"the release history could not be written ({type(exc).__name__}); the request was withdrawn",
+                hint="run the cell again; if it keeps failing, tell the data owner",
+            ) from None
+        self._enqueue(jobs)
+        return rid
 
     def _rerun(self, conn: sqlite3.Connection, user: str, session_id: str, cell: str, rows: int, cover: Cover,
                datasets: Mapping[str, DatasetConfig], digest: str) -> bool:
@@ -789,8 +850,11 @@ class HistoryStore:
         for i in range(0, len(idents), 500):
             chunk = idents[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            for r in conn.execute(f"SELECT ident, state, release_id, set_no FROM unit_sets WHERE user = ? AND "
-                                  f"scope = ? AND ident IN ({marks})", (user, scope, *chunk)):
+            # Only sets an automatic release recorded: those were compared with everything before them. A
+            # review request's sets were not (it may be held precisely for being too close to one).
+            for r in conn.execute(f"SELECT s.ident, s.state, s.release_id, s.set_no FROM unit_sets s JOIN releases r"
+                                  f" ON r.id = s.release_id AND r.scope = s.scope WHERE s.user = ? AND s.scope = ? AND"
+                                  f" r.request IS NULL AND s.ident IN ({marks})", (user, scope, *chunk)):
                 if found.get(r["ident"], ("lost",))[0] == "lost":
                     found[r["ident"]] = (r["state"], r["release_id"], int(r["set_no"]))
         for d in sc.descs:
@@ -1025,6 +1089,7 @@ class HistoryStore:
                 elif d < k:
                     return Finding(sc.dataset, k, sc.on_violation, None), indexes
             meta = self._stored_facts(conn, scope, {(s.release_id, s.set_no) for _, s in outer})
+            close: dict[int, tuple[_Desc, Finding]] = {}
             for d, s in outer:
                 if d.dup:
                     continue
@@ -1033,9 +1098,17 @@ class HistoryStore:
                     continue
                 delta = _delta(index.part(d.set_no), self._stored(conn, s.release_id, scope, s.set_no), k)
                 if delta == 0:
-                    d.dup = True
+                    # The same set as an automatic release: shown before, so harmless whatever else is near
+                    # it. The same set as a review request's is not: that one was never compared (it may be
+                    # held for being too close to another), so the others still decide.
+                    if self._info(conn, s.release_id, scope).request is None:
+                        d.dup = True
                 elif delta < k:
-                    return Finding(sc.dataset, k, sc.on_violation, self._info(conn, s.release_id, scope)), indexes
+                    close.setdefault(d.set_no, (d, Finding(sc.dataset, k, sc.on_violation,
+                                                           self._info(conn, s.release_id, scope))))
+            for d, finding in close.values():
+                if not d.dup:
+                    return finding, indexes
         return None, indexes
 
     def _new_index(self, conn: sqlite3.Connection, scope: str, sc: _Scope,
@@ -1101,24 +1174,25 @@ class HistoryStore:
         return parts[set_no]
 
     def _info(self, conn: sqlite3.Connection, release_id: str, scope: str) -> ReleaseInfo:
-        r = conn.execute("SELECT id, dataset, session_id, cell, created, rows FROM releases WHERE id = ? AND scope = ?",
-                         (release_id, scope)).fetchone()
-        return ReleaseInfo(r["id"], r["dataset"], r["session_id"], r["cell"], r["created"], int(r["rows"]))
+        r = conn.execute("SELECT id, dataset, session_id, cell, created, rows, request FROM releases"
+                         " WHERE id = ? AND scope = ?", (release_id, scope)).fetchone()
+        return ReleaseInfo(r["id"], r["dataset"], r["session_id"], r["cell"], r["created"], int(r["rows"]),
+                           r["request"])
 
     # ------------------------------------------------------------ recording
 
     def _insert(self, conn: sqlite3.Connection, rid: str, user: str, session_id: str, cell: str, created: str,
                 rows: int, scopes: dict[str, _Scope], listed: dict[tuple[int, int], pl.DataFrame],
                 indexes: dict[str, _NewIndex], cover: Cover, datasets: Mapping[str, DatasetConfig],
-                memory_mb: int, digest: str | None = None) -> list[_Job]:
+                memory_mb: int, digest: str | None = None, request: str | None = None) -> list[_Job]:
         """The release and its new sets: with members where they were listed, else pending (a job)."""
         jobs = []
         for scope, sc in scopes.items():
             keep = [d for d in sc.descs if not d.dup]
             conn.execute(
-                "INSERT INTO releases (id, scope, user, dataset, session_id, cell, created, rows, sets, blob, digest)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                (rid, scope, user, sc.dataset, session_id, cell, created, rows, len(keep), digest),
+                "INSERT INTO releases (id, scope, user, dataset, session_id, cell, created, rows, sets, blob, digest,"
+                " request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                (rid, scope, user, sc.dataset, session_id, cell, created, rows, len(keep), digest, request),
             )
             for d in keep:
                 if d.replaces:
@@ -1287,16 +1361,16 @@ class HistoryStore:
     # ------------------------------------------------------------ for the owner
 
     def releases(self, *, user: str, scope: str, limit: int = 5) -> tuple[int, list[ReleaseInfo]]:
-        """How many automatic releases `user` had on this dataset, and the most recent `limit`."""
+        """How many releases of `user` on this dataset the history holds, and the most recent `limit`."""
         with self._connect() as conn:
             total = conn.execute("SELECT COUNT(*) AS n FROM releases WHERE user = ? AND scope = ?",
                                  (user, scope)).fetchone()["n"]
             rows = conn.execute(
-                "SELECT id, dataset, session_id, cell, created, rows FROM releases WHERE user = ? AND scope = ?"
-                " ORDER BY created DESC, rowid DESC LIMIT ?", (user, scope, limit),
+                "SELECT id, dataset, session_id, cell, created, rows, request FROM releases WHERE user = ? AND"
+                " scope = ? ORDER BY created DESC, rowid DESC LIMIT ?", (user, scope, limit),
             ).fetchall()
         return int(total), [ReleaseInfo(r["id"], r["dataset"], r["session_id"], r["cell"], r["created"],
-                                        int(r["rows"])) for r in rows]
+                                        int(r["rows"]), r["request"]) for r in rows]
 
 
 @dataclass

@@ -13,10 +13,11 @@ matches" must look exactly like "nobody matches".
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Arena, Outcome, assert_no_late_leak, violations
+from .conftest import Arena, Outcome, assert_no_late_leak, open_arena, violations
 from .dataset import CANARY_ID, HEAVY_ID
 
 INCOME_SUM = 'select(pl.col("income").sum()).collect()'
@@ -160,9 +161,18 @@ def test_sort_then_limit(arena: Arena, code: str, expect: str) -> None:
     _attack(arena, code, expect)
 
 
+@pytest.fixture(scope="module")
+def keys_arena(sec_data: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arena]:
+    """A kernel with a history of its own: these cases expect groups withheld, not held back for being
+    close to what other attacks asked for review (everyone, in `expression-get`: a group of everyone but
+    the canary would be 1 away, which the differencing check rightly holds)."""
+    with open_arena(sec_data, tmp_path_factory.mktemp("keys_arena"), "review") as a:  # type: ignore[arg-type]
+        yield a
+
+
 @pytest.mark.parametrize(("code", "expect"), UNIQUE_KEYS)
-def test_group_keys_unique_per_person(arena: Arena, code: str, expect: str) -> None:
-    out = _attack(arena, code, expect)
+def test_group_keys_unique_per_person(keys_arena: Arena, code: str, expect: str) -> None:
+    out = _attack(keys_arena, code, expect)
     if expect == "released":  # a filter after the aggregation sees no small group at all
         assert "shape: (0, 2)" in out.shown, out.describe()
 
@@ -221,9 +231,10 @@ def test_a_tracker_differing_by_the_canary_is_held_back(arena: Arena) -> None:
                 "violation")
 
 
-def test_no_late_message_carries_a_canary(arena: Arena, reject_arena: Arena) -> None:
+def test_no_late_message_carries_a_canary(arena: Arena, reject_arena: Arena, keys_arena: Arena) -> None:
     assert_no_late_leak(arena)
     assert_no_late_leak(reject_arena, seconds=0.2)
+    assert_no_late_leak(keys_arena, seconds=0.2)
 
 
 def _shape_of(out: Outcome) -> tuple[str, str | None, str]:
