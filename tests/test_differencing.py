@@ -355,6 +355,21 @@ def test_a_result_of_several_rows_over_one_group_is_recorded_as_that_group(mallo
     assert f"your review request {r.value.request_id}" in reason and "could not be written" not in reason
 
 
+def test_a_lost_record_of_a_request_is_replaced_by_the_same_set_released_later(mallory: Session) -> None:
+    """A request's set whose record failed (marked lost: near results are then held back, fail closed)
+    is replaced by the very same set asked again (same plan, same files), which is released."""
+    r = mallory.execute('people.filter(pl.col("pid") < 40)'
+                        '.select(pl.col("age").sum(), pl.col("age").max().alias("top")).collect()')
+    assert r.outcome == "review"
+    H.open_store(mallory.deployment.state_dir).flush()
+    with sqlite3.connect(mallory.deployment.state_dir / H.DB_NAME) as conn:
+        conn.execute("UPDATE unit_sets SET state = 'lost'")  # as if the data had changed while listing it
+    released(mallory, 'people.filter(pl.col("pid") < 40).select(pl.col("age").sum()).collect()')
+    H.open_store(mallory.deployment.state_dir).flush()
+    with sqlite3.connect(mallory.deployment.state_dir / H.DB_NAME) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM unit_sets WHERE state = 'lost'").fetchone() == (0,)
+
+
 def test_individual_rows_asked_for_review_add_nothing_to_the_history(mallory: Session) -> None:
     r = mallory.execute('people.filter(pl.col("pid") < 3).select("pid", "income").collect()')
     assert r.outcome == "review"

@@ -845,18 +845,25 @@ class HistoryStore:
         return out
 
     def _match_idents(self, conn: sqlite3.Connection, user: str, scope: str, sc: _Scope) -> None:
+        """Sets recorded before with the same identity: a duplicate of an automatic release's set
+        (compared with everything before it, and shown), or the replacement of a lost one.
+
+        A review request's set is neither: it was recorded without being
+        compared (it may be held for being too close to another), so the same
+        set again is compared as a new one; once lost, it is replaced like any.
+        """
         idents = [d.ident for d in sc.descs if d.ident]
         found: dict[str, tuple[str, str, int]] = {}
         for i in range(0, len(idents), 500):
             chunk = idents[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            # Only sets an automatic release recorded: those were compared with everything before them. A
-            # review request's sets were not (it may be held precisely for being too close to one).
-            for r in conn.execute(f"SELECT s.ident, s.state, s.release_id, s.set_no FROM unit_sets s JOIN releases r"
-                                  f" ON r.id = s.release_id AND r.scope = s.scope WHERE s.user = ? AND s.scope = ? AND"
-                                  f" r.request IS NULL AND s.ident IN ({marks})", (user, scope, *chunk)):
-                if found.get(r["ident"], ("lost",))[0] == "lost":
-                    found[r["ident"]] = (r["state"], r["release_id"], int(r["set_no"]))
+            for r in conn.execute(f"SELECT s.ident, s.state, s.release_id, s.set_no, r.request IS NULL AS auto"
+                                  f" FROM unit_sets s JOIN releases r ON r.id = s.release_id AND r.scope = s.scope"
+                                  f" WHERE s.user = ? AND s.scope = ? AND s.ident IN ({marks})", (user, scope, *chunk)):
+                if r["state"] == "lost":
+                    found.setdefault(r["ident"], ("lost", r["release_id"], int(r["set_no"])))
+                elif r["auto"]:
+                    found[r["ident"]] = ("dup", r["release_id"], int(r["set_no"]))
         for d in sc.descs:
             hit = found.get(d.ident or "")
             if hit is None:
