@@ -922,12 +922,13 @@ def _cleared_groups(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts],
 
     Where one row is one individual and the whole file (a scan, sorted or
     with columns dropped: no filter) is grouped by columns of its own, each
-    group feeds an aggregate of a column the same values in every query,
-    so the rule's verdict per group is the same too: once a release saw
-    every group clear, a later one over the same file version (sum, mean,
-    std of that column by those keys, in any cell) computes no variance for
-    it. A single group that did not clear, or was left open for the second
-    pass, and nothing is noted: the query tests the value as usual.
+    group feeds an aggregate of a column (or of a column filtered by a
+    row-wise condition, `x.filter(c)`) the same values in every query, so
+    the rule's verdict per group is the same too: once a release saw every
+    group clear, a later one over the same file version (sum, mean, std of
+    that value by those keys, in any cell) computes no variance for it. A
+    single group that did not clear, or was left open for the second pass,
+    and nothing is noted: the query tests the value as usual.
     """
     if not keys or not all(isinstance(k, Col) for k in keys) or len(frame.units) != 1 \
             or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
@@ -942,11 +943,14 @@ def _cleared_groups(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts],
     cleared: set[Expr] = set()
     learn: dict[Expr, Callable[[], None]] = {}
     for v in dict.fromkeys(v for fa in facts for v in fa.values):
-        if isinstance(v, Col):
-            if (v.name, share) in seen:
+        # A column, or a column filtered by a condition computed from each row alone: the same values per
+        # group in every query. (Learned only where the release bounds it by the column's range.)
+        if _column_of(v) is not None and rowwise(rules.aligned(v)):
+            what = repr(v)
+            if (what, share) in seen:
                 cleared.add(v)
             else:
-                learn[v] = functools.partial(note_groups_cleared, ds, key, v.name, share)
+                learn[v] = functools.partial(note_groups_cleared, ds, key, what, share)
     return frozenset(cleared), learn
 
 

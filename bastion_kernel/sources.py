@@ -154,8 +154,9 @@ def warm(datasets: list[DatasetConfig], state_dir: Path | None, memory_mb: int, 
         unit_profile(ds, state_dir, memory_mb)
 
 
-# Per file version and group key columns, what releases saw: the columns whose every group the dominance
-# rule cleared (`frames._cleared_groups`). Bounded: old file versions fall out.
+# Per file version and group key columns, what releases saw: the values (a column, or one filtered by a
+# row-wise condition, as `repr`) whose every group the dominance rule cleared (`frames._cleared_groups`).
+# Bounded: old file versions fall out.
 _cleared: dict[tuple, set[tuple[str, float]]] = {}
 CLEARED_ENTRIES = 1024
 
@@ -166,23 +167,23 @@ def cleared_key(ds: DatasetConfig, keys: tuple[str, ...]) -> tuple:
 
 
 def groups_cleared(key: tuple) -> frozenset[tuple[str, float]]:
-    """(column, max_share) pairs a release over this file version saw every group of these keys clear."""
+    """(value, max_share) pairs a release over this file version saw every group of these keys clear."""
     with _lock:
         return frozenset(_cleared.get(key, ()))
 
 
-def note_groups_cleared(ds: DatasetConfig, key: tuple, column: str, share: float) -> None:
-    """Remember that every group cleared `column`, if the file is still the version the query was planned on.
+def note_groups_cleared(ds: DatasetConfig, key: tuple, value: str, share: float) -> None:
+    """Remember that every group cleared `value`, if the file is still the version the query was planned on.
 
     Why this is a fact of the file and not of the query: the values an
-    aggregate of the column is fed per group are the column's values in the
-    groups of those keys, the same in every query that groups the whole file
-    by them, so the dominance rule's verdict (`rules.dominated`) is too.
+    aggregate of it is fed per group are the same in every query that groups
+    the whole file by those keys, so the dominance rule's verdict
+    (`rules.dominated`) is too.
     """
     if version(ds) != key[1]:
         return
     with _lock:
-        _cleared.setdefault(key, set()).add((column, share))
+        _cleared.setdefault(key, set()).add((value, share))
         while len(_cleared) > CLEARED_ENTRIES:
             del _cleared[next(iter(_cleared))]
 

@@ -303,11 +303,13 @@ def test_a_grouping_whose_every_group_cleared_is_not_tested_again_on_the_same_fi
     ctx = F.Ctx(itertools.count(), state_dir=dep.state_dir)
     src = F.source(dep.datasets["t"], ctx)
 
-    def query(frame: object, key: str, column: str) -> tuple[bool, object]:
-        """The aggregation, and whether it computes the dominance rule for `column`."""
-        agg = F.aggregate(frame, [Col(key)], [Call("alias", Call("sum", Col(column)), (column,))], ctx)  # type: ignore
+    def query(frame: object, key: str, column: str, where: object = None) -> tuple[bool, object]:
+        """The aggregation (of `column`, filtered by `where` if given), and whether it computes the
+        dominance rule for that value."""
+        value = Col(column) if where is None else Call("filter", Col(column), (where,))
+        agg = F.aggregate(frame, [Col(key)], [Call("alias", Call("sum", value), (column,))], ctx)  # type: ignore
         fast = R._fast_checks(agg)  # type: ignore[arg-type]
-        return fast is not None and any(d.value == Col(column) for d in fast.doms), agg  # type: ignore[attr-defined]
+        return fast is not None and any(d.value == value for d in fast.doms), agg  # type: ignore[attr-defined]
 
     tested, agg = query(src, "g", "x")
     assert tested
@@ -323,6 +325,13 @@ def test_a_grouping_whose_every_group_cleared_is_not_tested_again_on_the_same_fi
     assert tested
     _both_paths(agg)  # "c" holds one value seven times: left open by the bound, decided by the exact pass
     assert query(src, "g", "z")[0]
+    over_40 = BinOp(">", Col("x"), Lit(40.0))  # a value filtered inside the aggregate: the same, per condition
+    tested, agg = query(src, "g", "x", over_40)
+    assert tested
+    filtered = _both_paths(agg).sort("g").select(shown)
+    tested, agg = query(src, "g", "x", over_40)
+    assert not tested and _both_paths(agg).sort("g").select(shown).equals(filtered)
+    assert query(src, "g", "x", BinOp(">", Col("x"), Lit(45.0)))[0]  # another condition: other values
     df.write_parquet(tmp_path / "t.parquet")  # the owner replaces the file: a new version
     assert query(src, "g", "x")[0]
 
