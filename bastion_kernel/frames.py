@@ -861,9 +861,21 @@ def _file_profile(frame: Frame, ctx: Ctx) -> UnitProfile | None:
     a subset of the file's. The facts are the file's current version's
     (`unit_profile` checks the version), cached once measured.
     """
-    f = _under(frame, _SAME_ROWS_VERBS)
-    ds = ctx.sources.get(f.step.detail[0]) if f.step.verb == "scan" else None
+    ds = _file_of(frame, ctx, _SAME_ROWS_VERBS)
     return None if ds is None else unit_profile(ds, ctx.state_dir, ctx.memory_mb)
+
+
+def _file_of(frame: Frame, ctx: Ctx, verbs: frozenset[str]) -> DatasetConfig | None:
+    """The dataset whose scan `frame` is, below steps of these verbs only (None: anything else)."""
+    f = _under(frame, verbs)
+    return ctx.sources.get(f.step.detail[0]) if f.step.verb == "scan" else None
+
+
+def _one_each_over_file(frame: Frame, profile: UnitProfile | None) -> bool:
+    """One individual per row, a dominance rule in force, and every row of the file (the scan, sorted
+    or with columns dropped), as the file's facts (`profile`, from `_file_profile`) confirm."""
+    return len(frame.units) == 1 and frame.units[0].rows_max == 1 and frame.units[0].max_share < 1 \
+        and _under(frame, _ALL_ROWS_VERBS).step.verb == "scan" and profile is not None and profile.rows_max == 1
 
 
 def _values_mask(value: Expr, filled: frozenset[str]) -> pl.Expr | None:
@@ -899,10 +911,7 @@ def _settled_by_file(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts]
     would; a margin of 1e-9 keeps rounding from deciding. Otherwise the
     query tests the value as usual. `profile`: the file's facts (`_file_profile`).
     """
-    if keys or len(frame.units) != 1 or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
-        return frozenset()
-    if _under(frame, _ALL_ROWS_VERBS).step.verb != "scan" or profile is None or profile.rows_max != 1 \
-            or profile.rows is None:
+    if keys or not _one_each_over_file(frame, profile) or profile is None or profile.rows is None:
         return frozenset()
     share = frame.units[0].max_share
     out = set()
@@ -930,12 +939,8 @@ def _cleared_groups(frame: Frame, keys: list[Expr], facts: list[rules.AggFacts],
     single group that did not clear, or was left open for the second pass,
     and nothing is noted: the query tests the value as usual.
     """
-    if not keys or not all(isinstance(k, Col) for k in keys) or len(frame.units) != 1 \
-            or frame.units[0].rows_max != 1 or frame.units[0].max_share >= 1:
-        return frozenset(), {}
-    f = _under(frame, _ALL_ROWS_VERBS)
-    ds = ctx.sources.get(f.step.detail[0]) if f.step.verb == "scan" else None
-    if ds is None or profile is None or profile.rows_max != 1:
+    ds = _file_of(frame, ctx, _ALL_ROWS_VERBS)
+    if not keys or not all(isinstance(k, Col) for k in keys) or ds is None or not _one_each_over_file(frame, profile):
         return frozenset(), {}
     key = cleared_key(ds, tuple(k.name for k in keys if isinstance(k, Col)))
     share = frame.units[0].max_share

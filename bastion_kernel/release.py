@@ -79,10 +79,6 @@ def ipc(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def digest(df: pl.DataFrame) -> str:
-    return hashlib.sha256(ipc(df)).hexdigest()
-
-
 def decide(frame: Frame) -> Decision:
     """Rule 1-4: auto-release only aggregated frames without violations."""
     reasons = list(frame.violations)

@@ -348,12 +348,14 @@ class Session:
         Used by `fetch("ID")` and by the pending widget when it sees the approval.
         """
         df = self.store.fetch(request_id, user=self.user)
-        self.audit.record("fetch", request_id=request_id, via=via, rows=df.height, columns=df.columns,
-                          output_digest=R.digest(df))
         masked = tuple(c for c in df.columns
                        if df.height and df.schema[c] == pl.String and df.get_column(c).eq("*").all())
-        return R.Released(df, source="review", request_id=request_id, masked=masked,
-                          notes=(f"released by the owner after review of {request_id}",))
+        released = R.Released(df, source="review", request_id=request_id, masked=masked,
+                              notes=(f"released by the owner after review of {request_id}",))
+        # The digest's IPC bytes are the ones the worker then sends (`Released.ipc`), written once.
+        self.audit.record("fetch", request_id=request_id, via=via, rows=df.height, columns=df.columns,
+                          output_digest=released.digest())
+        return released
 
     def cancel_request(self, request_id: str) -> ReviewRequest:
         """Withdraw one of this user's pending requests; audited like an owner's decision."""

@@ -241,13 +241,17 @@ class Finding:
         )
 
 
-def _one_row_per_group(part: CoverPart) -> CoverPart:
-    """`part` with one row for an aggregation without keys, which covers one group however many rows it
-    shows (`select(pl.col("x").mode())`: only ever sent to review). Its listing finds that one group;
-    a condition counts as released where any of the rows released it (more sets: fail closed)."""
+def _one_row_per_group(cover: Cover) -> Cover:
+    """`cover` with one row for each part of an aggregation without keys, which covers one group however
+    many rows it shows (`select(pl.col("x").mode())`): its listing finds that one group. A condition
+    counts as released where any of the rows released it (more sets: fail closed)."""
+    return Cover(tuple(_one_row(part) for part in cover.parts))
+
+
+def _one_row(part: CoverPart) -> CoverPart:
+    if part.rows.len() <= 1 or any(f.startswith("k") and f[1:].isdigit() for f in part.rows.struct.fields):
+        return part  # one row, or one per group
     rows = part.rows.struct.unnest()
-    if rows.height <= 1 or any(c.startswith("k") and c[1:].isdigit() for c in rows.columns):
-        return part
     words = [c for c in rows.columns if c.startswith("m") and c[1:].isdigit()]
     released = rows.select([pl.col(w).fill_null(0).bitwise_or().cast(rows.schema[w]) for w in words])
     one = rows.head(1).drop(words).hstack(released).select(rows.columns)
@@ -658,6 +662,7 @@ class HistoryStore:
         """
         if not any(part.rows.len() for part in cover.parts):
             return None
+        cover = _one_row_per_group(cover)
         digest = _digest(cover, datasets)
         try:
             if digest is not None:  # a re-run: the very sets of an earlier release, nothing to compare
@@ -726,7 +731,7 @@ class HistoryStore:
         """
         if not any(part.rows.len() for part in cover.parts):
             return None
-        cover = Cover(tuple(_one_row_per_group(part) for part in cover.parts))
+        cover = _one_row_per_group(cover)
         scopes = self._describe(cover, datasets)
         rid = "H" + secrets.token_hex(4)
         try:
